@@ -1,0 +1,1 @@
+"""Content-addressed cache, atomic publish and the source registry. No Dagster here."""

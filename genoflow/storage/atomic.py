@@ -1,0 +1,143 @@
+"""Atomic folder publish: the rename is the correctness guarantee.
+
+A folder is built under a private sibling name ``.{name}.tmp.{host}.{pid}.{rand}`` in the same
+parent (so the final ``os.rename`` never crosses a filesystem), its files and the folder are
+fsynced, and then it is renamed into place. A published folder is never overwritten: when the
+rename finds the destination already there, another builder won with the same content and our
+copy is discarded. Every error path removes the temp folder; :func:`sweep` removes temp folders
+whose owner process is dead (left by a SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+from pathlib import Path
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp\.(?P<host>[^.]+)\.(?P<pid>\d+)\.(?P<rand>[0-9a-f]+)$")
+# A temp folder from another host cannot be probed for liveness; after this long it is debris.
+FOREIGN_TEMP_MAX_AGE = 24 * 3600.0
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0].replace(".", "-") or "localhost"
+
+
+def temp_sibling(dest: str | Path) -> Path:
+    """Create and return a private temp folder next to ``dest`` (parents created as needed)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    temp = dest.parent / f".{dest.name}.tmp.{_host()}.{os.getpid()}.{secrets.token_hex(4)}"
+    temp.mkdir()
+    return temp
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """fsync every regular file directly inside ``folder``, then the folder itself."""
+    folder = Path(folder)
+    for entry in folder.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            fd = os.open(entry, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a folder so that renames and creations inside it survive a crash."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_dir(temp: str | Path, dest: str | Path) -> bool:
+    """Rename a finished temp folder onto ``dest``; never overwrite a published one.
+
+    Args:
+        temp: the finished folder (its contents already fsynced).
+        dest: the final folder name.
+
+    Returns:
+        True when our folder was published; False when ``dest`` already existed (another
+        builder won), in which case ``temp`` has been removed.
+
+    Raises:
+        OSError: any other rename failure; ``temp`` is removed first.
+    """
+    temp, dest = Path(temp), Path(dest)
+    try:
+        os.rename(temp, dest)
+    except OSError as exc:
+        remove_tree(temp)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    fsync_dir(dest.parent)
+    return True
+
+
+def remove_tree(path: str | Path) -> None:
+    """Remove a folder tree if it exists; a folder already gone is not an error."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
+
+
+def owner_alive(name: str) -> bool | None:
+    """Whether the process that owns temp folder ``name`` still runs (None: not a temp name)."""
+    match = _TEMP.match(name)
+    if not match:
+        return None
+    if match["host"] != _host():
+        return True
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(parent: str | Path) -> list[Path]:
+    """Remove the dead temp folders directly inside ``parent``.
+
+    A temp folder is dead when its owner process (same host) no longer exists, or when it comes
+    from another host and is older than :data:`FOREIGN_TEMP_MAX_AGE`.
+
+    Returns:
+        The folders removed.
+    """
+    parent = Path(parent)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if not match or not entry.is_dir(follow_symlinks=False):
+            continue
+        if _is_dead(match, Path(entry.path)):
+            remove_tree(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _is_dead(match: re.Match[str], path: Path) -> bool:
+    if match["host"] == _host():
+        return owner_alive(path.name) is False
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > FOREIGN_TEMP_MAX_AGE

@@ -1,0 +1,267 @@
+"""The local content-addressed cache: look up, build privately, publish atomically.
+
+Invariants:
+- an artifact folder exists only once complete: it is built in a temp sibling and renamed into
+  place (:mod:`genoflow.storage.atomic`), with ``genoflow.json`` written last;
+- a published folder is never overwritten; a second builder's copy is discarded;
+- a reader trusts a folder only when ``genoflow.json`` is present and every listed file has the
+  listed size (full checksums on demand with :meth:`Artifact.verify`);
+- the per-artifact file lock only avoids redundant builds; it is never what makes publishing
+  correct.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from genoflow.checksums import md5_file
+from genoflow.errors import StorageError
+from genoflow.storage import atomic
+from genoflow.storage.layout import ArtifactKey
+
+MARKER = "genoflow.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of an artifact, as recorded in its marker."""
+
+    name: str
+    size: int
+    md5: str
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A published artifact folder and its parsed ``genoflow.json``."""
+
+    key: ArtifactKey
+    path: Path
+    marker: dict[str, Any]
+
+    @property
+    def entries(self) -> list[FileEntry]:
+        return [FileEntry(**entry) for entry in self.marker["files"]]
+
+    @property
+    def files(self) -> list[Path]:
+        """Absolute paths of the artifact's files, main file first."""
+        return [self.path / entry.name for entry in self.entries]
+
+    @property
+    def main(self) -> Path:
+        return self.files[0]
+
+    @property
+    def checksum(self) -> str:
+        """A content checksum over every file: the data version of this artifact."""
+        return content_checksum(self.entries)
+
+    @property
+    def size(self) -> int:
+        return sum(entry.size for entry in self.entries)
+
+    def verify(self) -> list[str]:
+        """Re-hash every file; return the problems found (empty when intact)."""
+        problems = []
+        for entry in self.entries:
+            path = self.path / entry.name
+            if not path.is_file():
+                problems.append(f"{entry.name}: missing")
+            elif path.stat().st_size != entry.size:
+                problems.append(f"{entry.name}: size {path.stat().st_size} != {entry.size}")
+            elif md5_file(path) != entry.md5:
+                problems.append(f"{entry.name}: md5 differs from {MARKER}")
+        return problems
+
+
+def content_checksum(entries: list[FileEntry]) -> str:
+    """The md5 of a single file, or an md5 over ``name md5`` lines for several."""
+    if len(entries) == 1:
+        return entries[0].md5
+    lines = "".join(f"{e.name} {e.md5}\n" for e in sorted(entries, key=lambda e: e.name))
+    return hashlib.md5(lines.encode()).hexdigest()
+
+
+@dataclass
+class Draft:
+    """A private folder where one artifact is being built; publish or discard it."""
+
+    key: ArtifactKey
+    dir: Path
+    dest: Path
+    lock: filelock.BaseFileLock | None = field(default=None, repr=False)
+
+
+class Cache:
+    """The content-addressed cache rooted at ``root`` (``$GENOFLOW_HOME/cache``)."""
+
+    def __init__(self, root: str | Path, *, lock_timeout: float = 3600.0) -> None:
+        self.root = Path(root).resolve()
+        self.lock_timeout = lock_timeout
+
+    def folder(self, key: ArtifactKey) -> Path:
+        return self.root / key.relpath
+
+    def lookup(self, key: ArtifactKey) -> Artifact | None:
+        """Return the published artifact for ``key`` when it is present and intact by size."""
+        folder = self.folder(key)
+        try:
+            marker = json.loads((folder / MARKER).read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, ValueError) as exc:
+            raise StorageError(
+                f"unreadable {MARKER}: {exc}", file=str(folder), stage="cache"
+            ) from exc
+        artifact = Artifact(key, folder, marker)
+        for entry in artifact.entries:
+            path = folder / entry.name
+            if not path.is_file() or path.stat().st_size != entry.size:
+                return None
+        return artifact
+
+    def begin(self, key: ArtifactKey) -> Artifact | Draft:
+        """Start building ``key``: return the artifact if it exists, else a locked :class:`Draft`.
+
+        The lock is taken before the re-check, so of N concurrent builders one builds and the
+        others find its artifact. A folder that exists but fails the size check is moved
+        aside (never overwritten in place) so that it can be rebuilt.
+        """
+        dest = self.folder(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(dest.parent / f".{dest.name}.lock"), timeout=self.lock_timeout)
+        lock.acquire()
+        try:
+            found = self.lookup(key)
+            if found is not None:
+                self._release(Draft(key, dest, dest, lock))
+                return found
+            atomic.sweep(dest.parent)
+            if dest.exists():
+                _quarantine(dest)
+            return Draft(key, atomic.temp_sibling(dest), dest, lock)
+        except BaseException:
+            self._release(Draft(key, dest, dest, lock))
+            raise
+
+    def publish(
+        self,
+        draft: Draft,
+        *,
+        processor: str,
+        inputs: list[dict[str, Any]] | None = None,
+        details: dict[str, Any] | None = None,
+        tools: dict[str, str] | None = None,
+    ) -> Artifact:
+        """Write the marker last, fsync, and rename the draft into place.
+
+        Args:
+            draft: the draft whose folder holds the artifact's files (main file first, by name
+                order of ``details['files']`` when given, else alphabetical).
+            processor: the dotted name of the function that produced the files.
+            inputs: checksums of the inputs (``[{"asset": ..., "checksum": ...}]``).
+            details: facts to keep (record counts, index kind, header lines…).
+            tools: library versions that shaped the bytes.
+
+        Returns:
+            The published artifact — ours, or the one another builder published first.
+        """
+        try:
+            details = dict(details or {})
+            order = details.pop("files", None) or sorted(p.name for p in draft.dir.iterdir())
+            entries = [_entry(draft.dir / name) for name in order]
+            marker = {
+                "format_version": FORMAT_VERSION,
+                "asset": draft.key.asset_path,
+                "source_md5": draft.key.md5,
+                "version": draft.key.version,
+                "processor": processor,
+                "files": [entry.__dict__ for entry in entries],
+                "checksum": content_checksum(entries),
+                "inputs": inputs or [],
+                "tools": tools or {},
+                "details": details,
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "created_by": {"host": socket.gethostname(), "pid": os.getpid()},
+            }
+            _write_marker(draft.dir / MARKER, marker)
+            atomic.fsync_tree(draft.dir)
+            atomic.publish_dir(draft.dir, draft.dest)
+        except OSError as exc:
+            atomic.remove_tree(draft.dir)
+            raise StorageError(
+                f"could not publish {draft.key}: {exc}", file=str(draft.dest)
+            ) from exc
+        finally:
+            self._release(draft)
+        found = self.lookup(draft.key)
+        if found is None:
+            raise StorageError(f"{draft.key} vanished right after publishing", file=str(draft.dest))
+        return found
+
+    def discard(self, draft: Draft) -> None:
+        """Remove a draft's folder and release its lock (every failure path calls this)."""
+        try:
+            atomic.remove_tree(draft.dir)
+        finally:
+            self._release(draft)
+
+    @contextlib.contextmanager
+    def workdir(self, label: str) -> Iterator[Path]:
+        """A scratch folder beside the cache (same filesystem, never /tmp), always removed."""
+        parent = self.root.parent / "work"
+        folder = atomic.temp_sibling(parent / label)
+        try:
+            yield folder
+        finally:
+            atomic.remove_tree(folder)
+
+    def sweep(self) -> list[Path]:
+        """Remove dead temp folders anywhere in the cache and the work folder."""
+        removed = atomic.sweep(self.root.parent / "work")
+        for asset_dir in self.root.glob("*/*/*/*"):
+            removed += atomic.sweep(asset_dir)
+        return removed
+
+    @staticmethod
+    def _release(draft: Draft) -> None:
+        # The lock file is removed while still held: a process already waiting on the old
+        # inode may then build redundantly, which the rename makes harmless, and no lock
+        # debris is left behind.
+        if draft.lock is not None and draft.lock.is_locked:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(draft.lock.lock_file)
+            draft.lock.release()
+        draft.lock = None
+
+
+def _entry(path: Path) -> FileEntry:
+    if not path.is_file():
+        raise StorageError(f"{path.name} was not written", file=str(path))
+    return FileEntry(path.name, path.stat().st_size, md5_file(path))
+
+
+def _write_marker(path: Path, marker: dict[str, Any]) -> None:
+    with open(path, "w") as handle:
+        json.dump(marker, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def _quarantine(dest: Path) -> None:
+    """Move a damaged artifact folder aside so that a rebuild can take its name."""
+    corrupt = atomic.temp_sibling(dest.parent / f"{dest.name}.corrupt")
+    os.rename(dest, corrupt / dest.name)
+    atomic.remove_tree(corrupt)

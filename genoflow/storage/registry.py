@@ -1,0 +1,166 @@
+"""The registry: which manifest rows name which source md5.
+
+SQL through SQLAlchemy Core: a SQLite file under ``GENOFLOW_HOME`` by default (WAL, a busy
+timeout, and ``BEGIN IMMEDIATE`` for every transaction so concurrent writers queue instead of
+failing on lock upgrades), or any URL SQLAlchemy accepts. Registering the same row twice is a
+no-op, so a manifest read again never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+source_rows = sa.Table(
+    "source_row",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("md5", sa.String(32), nullable=False, index=True),
+    sa.Column("name", sa.Text, nullable=False, index=True),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("family", sa.String(16), nullable=False),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("manifest", sa.Text, nullable=False),
+    sa.Column("line", sa.Integer, nullable=False),
+    sa.Column("extra", sa.Text, nullable=False, default="{}"),
+    sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("md5", "name", "uri", "manifest", name="uq_source_row"),
+)
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One manifest row as registered: where one copy of a source md5 can be read."""
+
+    md5: str
+    name: str
+    uri: str
+    format: str
+    family: str
+    size: int | None
+    manifest: str
+    line: int
+    extra: dict[str, Any]
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Registry:
+    """Source rows by md5, in SQLite by default.
+
+    Args:
+        url: a SQLAlchemy URL, or a filesystem path to a SQLite file.
+    """
+
+    def __init__(self, url: str | Path) -> None:
+        url = str(url)
+        if "://" not in url:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{Path(url).resolve()}"
+        self.url = url
+        self.engine = _sqlite_engine(url) if url.startswith("sqlite") else sa.create_engine(url)
+        with self.engine.begin() as connection:
+            metadata.create_all(connection)
+
+    def register(self, rows: Iterable[Any]) -> int:
+        """Record manifest rows (objects with the ManifestRow fields); return how many were new."""
+        now = dt.datetime.now(dt.UTC)
+        values = [
+            {
+                "md5": row.md5,
+                "name": row.name,
+                "uri": row.uri,
+                "format": row.format,
+                "family": row.family,
+                "size": row.size,
+                "manifest": str(row.manifest),
+                "line": row.line,
+                "extra": json.dumps(dict(row.extra), sort_keys=True),
+                "registered_at": now,
+            }
+            for row in rows
+        ]
+        if not values:
+            return 0
+        with self.engine.begin() as connection:
+            before = connection.execute(sa.select(sa.func.count()).select_from(source_rows))
+            count = before.scalar_one()
+            for chunk in _chunks(values, 500):
+                connection.execute(_insert_ignore(self.engine).values(chunk))
+            after = connection.execute(sa.select(sa.func.count()).select_from(source_rows))
+            return after.scalar_one() - count
+
+    def rows(self, md5: str | None = None) -> list[SourceRow]:
+        """Every registered row, or the rows of one md5, in registration order."""
+        query = sa.select(source_rows).order_by(source_rows.c.id)
+        if md5 is not None:
+            query = query.where(source_rows.c.md5 == md5)
+        with self.engine.connect() as connection:
+            return [_to_row(r) for r in connection.execute(query).mappings()]
+
+    def md5s(self, family: str | None = None) -> list[str]:
+        """Distinct registered md5s, optionally of one family."""
+        query = sa.select(source_rows.c.md5).distinct().order_by(source_rows.c.md5)
+        if family is not None:
+            query = query.where(source_rows.c.family == family)
+        with self.engine.connect() as connection:
+            return list(connection.execute(query).scalars())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _insert_ignore(engine: Engine) -> sa.Insert:
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert(source_rows).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert
+
+    return insert(source_rows).on_conflict_do_nothing()
+
+
+def _chunks(values: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _to_row(record: Any) -> SourceRow:
+    return SourceRow(
+        md5=record["md5"],
+        name=record["name"],
+        uri=record["uri"],
+        format=record["format"],
+        family=record["family"],
+        size=record["size"],
+        manifest=record["manifest"],
+        line=record["line"],
+        extra=json.loads(record["extra"]),
+    )
