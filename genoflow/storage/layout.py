@@ -14,8 +14,8 @@ from genoflow.errors import StorageError
 
 FAMILIES = ("alignments", "intervals", "passthrough")
 ASSETS = ("source", "sorted", "index")
-_MD5 = re.compile(r"^[0-9a-f]{32}$")
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+_MD5 = re.compile(r"[0-9a-f]{32}")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,11 @@ class ArtifactKey:
         problems = []
         if self.family not in FAMILIES:
             problems.append(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")
-        if not _MD5.match(self.md5):
+        if not _MD5.fullmatch(self.md5):
             problems.append(f"md5 {self.md5!r} is not 32 lower-case hex digits")
         if self.asset not in ASSETS:
             problems.append(f"asset {self.asset!r} is not one of {', '.join(ASSETS)}")
-        if not _VERSION.match(self.version) or ".." in self.version:
+        if not _VERSION.fullmatch(self.version) or ".." in self.version:
             problems.append(f"version {self.version!r} is not a plain version string")
         if problems:
             raise StorageError(
