@@ -1,0 +1,94 @@
+"""The asset chain of one family: ``source`` → ``sorted`` → ``index`` (passthrough: ``source``).
+
+Each body is a few lines: it asks :mod:`genoflow.pipeline` for a cache hit or a built draft and
+returns it with the artifact's content checksum as its data version.
+"""
+
+from __future__ import annotations
+
+import time
+
+from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, DataVersion, Output, asset
+
+from genoflow.errors import SourceError
+from genoflow.partitions import PARTITIONS
+from genoflow.pipeline import (
+    CHAINS,
+    Built,
+    build_index,
+    build_sorted,
+    build_source,
+    version_of,
+)
+from genoflow.resources import GenoflowResource
+from genoflow.storage.cache import Artifact
+
+DESCRIPTIONS = {
+    "source": "The source file staged from its best replica, md5- and size-verified.",
+    "sorted": {
+        "alignments": "Coordinate-sorted BAM (SO:coordinate, unmapped reads last).",
+        "intervals": "Records sorted by contig then start, BGZF-compressed, header on top.",
+    },
+    "index": {
+        "alignments": "The sorted BAM with its BAI (or CSI for contigs ≥ 2^29 bp).",
+        "intervals": "The sorted BGZF file with its tabix TBI (or CSI for positions ≥ 2^29).",
+    },
+}
+
+
+def _output(result: Artifact | Built, started: float) -> Output:
+    hit = isinstance(result, Artifact)
+    return Output(
+        result,
+        data_version=DataVersion(result.checksum),
+        metadata={
+            "cache": "hit" if hit else "miss",
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+
+
+def _spec(family: str, asset_name: str) -> dict:
+    description = DESCRIPTIONS[asset_name]
+    return {
+        "key": [family, asset_name],
+        "partitions_def": PARTITIONS[family],
+        "group_name": family,
+        "io_manager_key": "artifact_io_manager",
+        "code_version": version_of(family, asset_name),
+        "description": description if isinstance(description, str) else description[family],
+        "tags": {"genoflow/family": family},
+        "kinds": {"pysam"} if asset_name != "source" else {"file"},
+    }
+
+
+def family_assets(family: str) -> list[AssetsDefinition]:
+    """The assets of one family's chain, keyed ``[family, asset]`` in group ``family``."""
+
+    @asset(**_spec(family, "source"))
+    def source(context: AssetExecutionContext, genoflow: GenoflowResource) -> Output:
+        started = time.perf_counter()
+        md5 = context.partition_key
+        rows = genoflow.registry().rows(md5)
+        if not rows:
+            raise SourceError(
+                "no manifest row names this md5",
+                file=md5,
+                hint="add the file to a manifest and run `genoflow run MANIFEST`",
+            )
+        return _output(build_source(genoflow.cache(), rows, md5=md5), started)
+
+    if CHAINS[family] == ("source",):
+        return [source]
+
+    @asset(ins={"source": AssetIn(key=[family, "source"])}, **_spec(family, "sorted"))
+    def sorted_(genoflow: GenoflowResource, source: Artifact) -> Output:
+        started = time.perf_counter()
+        return _output(build_sorted(genoflow.cache(), source, genoflow.settings()), started)
+
+    @asset(ins={"sorted_": AssetIn(key=[family, "sorted"])}, **_spec(family, "index"))
+    def index(genoflow: GenoflowResource, sorted_: Artifact) -> Output:
+        started = time.perf_counter()
+        return _output(build_index(genoflow.cache(), sorted_, genoflow.settings()), started)
+
+    return [source, sorted_, index]

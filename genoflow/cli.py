@@ -1,0 +1,136 @@
+"""The ``genoflow`` command: run manifests through Dagster, show status, open the UI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from genoflow.config import Settings
+from genoflow.errors import GenoflowError, ManifestError
+from genoflow.manifest import Manifest, read_manifest, read_manifests
+from genoflow.pipeline import CHAINS
+from genoflow.report import print_errors, print_status, print_summary, status_records
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genoflow",
+        description="Sorted, BGZF-compressed, indexed artifacts for the files your manifests list.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="stage, sort and index every file of the manifests")
+    run.add_argument("manifests", nargs="+", type=Path, help="TSV, CSV or JSON manifests")
+    run.add_argument("--jobs", type=int, default=1, help="sources processed at once (default 1)")
+    run.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    status = commands.add_parser("status", help="show the artifacts of registered sources")
+    status.add_argument("select", nargs="*", help="names or md5s (default: every source)")
+    status.add_argument("--json", action="store_true", help="print JSON (a list of objects)")
+    dev = commands.add_parser("dev", help="start the Dagster UI on this project's instance")
+    dev.add_argument("args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``genoflow`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"genoflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        return cmd_run(args.manifests, settings, jobs=args.jobs, as_json=args.json)
+    if args.command == "status":
+        return cmd_status(args.select, settings, as_json=args.json)
+    return cmd_dev(args.args, settings)
+
+
+def load_manifests(paths: Sequence[Path]) -> tuple[Manifest, list[str]]:
+    """Read every manifest; one that cannot be parsed is reported and the others still flow."""
+    readable, problems = [], []
+    for path in paths:
+        try:
+            read_manifest(path)
+            readable.append(path)
+        except ManifestError as exc:
+            problems.append(str(exc))
+    manifest = read_manifests(readable)
+    problems += [f"[manifest] invalid row {error}" for error in manifest.errors]
+    return manifest, problems
+
+
+def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bool) -> int:
+    """Register the manifests' sources and materialize every family chain for every md5."""
+    from tqdm import tqdm
+
+    from genoflow import runner
+    from genoflow.storage.cache import Cache
+    from genoflow.storage.registry import Registry
+
+    warnings.filterwarnings("ignore", module="dagster")
+    manifest, problems = load_manifests(paths)
+    print_errors(problems)
+    registry = Registry(settings.registry_path)
+    registry.register(manifest.rows)
+    Cache(settings.cache_root).sweep()
+    sources = manifest.sources()
+    work = [(md5, rows[0].family) for md5, rows in sources.items()]
+    instance = runner.open_instance(settings)
+    by_family: dict[str, list[str]] = {family: [] for family in CHAINS}
+    for md5, family in work:
+        by_family[family].append(md5)
+    runner.add_partitions(instance, by_family)
+    with tqdm(total=len(work), desc="genoflow", unit="file", disable=None, file=sys.stderr) as bar:
+        outcomes = runner.run_all(
+            work, settings=settings, jobs=jobs, on_done=lambda _: bar.update()
+        )
+    print_summary(sources, outcomes, as_json=as_json)
+    failed = bool(problems) or not all(outcome.ok for outcome in outcomes)
+    return 1 if failed else 0
+
+
+def cmd_status(select: Sequence[str], settings: Settings, *, as_json: bool) -> int:
+    """Print each registered source's artifacts (``--json``: the documented list shape)."""
+    from genoflow.storage.cache import Cache
+    from genoflow.storage.registry import Registry
+
+    if not settings.registry_path.exists():
+        records = []
+    else:
+        registry = Registry(settings.registry_path)
+        records = status_records(registry.rows(), Cache(settings.cache_root), select)
+    print_status(records, as_json=as_json)
+    missing = set(select) - {r["name"] for r in records} - {r["md5"] for r in records}
+    if missing:
+        print(f"genoflow: not registered: {', '.join(sorted(missing))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_dev(extra: Sequence[str], settings: Settings) -> int:
+    """Replace this process with ``dagster dev`` on genoflow's instance and code location."""
+    home = settings.ensure_dagster_home()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "GENOFLOW_HOME": str(settings.home)}
+    command = ["dagster", "dev", "-m", "genoflow.definitions", *extra]
+    print(f"DAGSTER_HOME={home}", file=sys.stderr)
+    os.execvpe(command[0], command, env)
+    return 0  # not reached
+
+
+def entry() -> int:
+    """Console-script entry: a GenoflowError becomes one line on stderr and exit status 1."""
+    try:
+        return main()
+    except GenoflowError as exc:
+        print(f"genoflow: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

@@ -1,0 +1,85 @@
+"""Settings from the environment, with the defaults of a single machine.
+
+Read only when a command or a run starts — never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from genoflow.processors.base import parse_memory
+
+DEFAULT_HOME = ".genoflow"
+DEFAULT_SORT_MEMORY = "768M"
+
+DAGSTER_YAML = """\
+# Written by genoflow for the embedded single-machine instance (SQLite storage).
+telemetry:
+  enabled: false
+"""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where genoflow keeps things and how much of the machine a build may use.
+
+    Attributes:
+        home: holds ``cache/``, ``work/``, ``registry.db`` and, unless DAGSTER_HOME is set,
+            the Dagster instance (``dagster/``).
+        sort_memory: the total memory cap of one sort, in bytes, across all its threads.
+        threads: threads one build may use.
+        dagster_home: the Dagster instance folder.
+    """
+
+    home: Path
+    sort_memory: int
+    threads: int
+    dagster_home: Path
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``GENOFLOW_*`` variables (see the README's configuration table).
+
+        Raises:
+            ValueError: a variable holds an unusable value.
+        """
+        env = os.environ if environ is None else environ
+        home = Path(env.get("GENOFLOW_HOME") or DEFAULT_HOME).expanduser().resolve()
+        threads = int(env.get("GENOFLOW_THREADS") or os.cpu_count() or 1)
+        if threads < 1:
+            raise ValueError(f"GENOFLOW_THREADS must be at least 1, got {threads}")
+        memory = parse_memory(env.get("GENOFLOW_SORT_MEMORY") or DEFAULT_SORT_MEMORY)
+        dagster_home = Path(env.get("DAGSTER_HOME") or home / "dagster").expanduser().resolve()
+        return cls(home=home, sort_memory=memory, threads=threads, dagster_home=dagster_home)
+
+    def with_overrides(
+        self, *, home: str | None, sort_memory: str | None, threads: int | None
+    ) -> Settings:
+        """Settings with any non-None value replaced (a resource's config wins over the env)."""
+        changed = self
+        if home:
+            changed = replace(changed, home=Path(home).expanduser().resolve())
+        if sort_memory:
+            changed = replace(changed, sort_memory=parse_memory(sort_memory))
+        if threads:
+            changed = replace(changed, threads=threads)
+        return changed
+
+    @property
+    def cache_root(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.home / "registry.db"
+
+    def ensure_dagster_home(self) -> Path:
+        """Create the Dagster instance folder with a minimal ``dagster.yaml`` if it is new."""
+        self.dagster_home.mkdir(parents=True, exist_ok=True)
+        config = self.dagster_home / "dagster.yaml"
+        if not config.exists():
+            config.write_text(DAGSTER_YAML)
+        return self.dagster_home

@@ -1,0 +1,22 @@
+"""One job per family: the whole chain, with its checks, for one md5 partition per run."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, UnresolvedAssetJobDefinition, define_asset_job
+
+from genoflow.partitions import PARTITIONS
+
+
+def job_name(family: str) -> str:
+    return f"{family}_chain"
+
+
+def family_job(family: str) -> UnresolvedAssetJobDefinition:
+    """Materialize every asset of ``family`` (and run its checks) for one md5."""
+    return define_asset_job(
+        job_name(family),
+        selection=AssetSelection.groups(family),
+        partitions_def=PARTITIONS[family],
+        description=f"Stage, sort and index one {family} source (one md5 per run).",
+        tags={"genoflow/family": family},
+    )

@@ -1,0 +1,227 @@
+"""What each asset of each family does, as plain functions over the cache.
+
+Every ``build_*`` function returns the published :class:`Artifact` on a cache hit (a metadata
+read, nothing re-sorted) or a :class:`Built` draft that :func:`publish` makes visible. A failure
+discards the draft, so nothing half-written is ever published. No Dagster here: the asset
+bodies call these functions and the IO manager calls :func:`publish`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genoflow import formats
+from genoflow.checksums import md5_file
+from genoflow.config import Settings
+from genoflow.errors import redact
+from genoflow.processors import alignments, intervals
+from genoflow.processors.base import Result, SortCheck, tool_versions
+from genoflow.storage import staging
+from genoflow.storage.cache import Artifact, Cache, Draft, FileEntry, content_checksum
+from genoflow.storage.layout import ArtifactKey
+from genoflow.storage.registry import SourceRow
+
+SOURCE_VERSION = "1"
+CHAINS: dict[str, tuple[str, ...]] = {
+    "alignments": ("source", "sorted", "index"),
+    "intervals": ("source", "sorted", "index"),
+    "passthrough": ("source",),
+}
+_PROCESSORS = {"alignments": alignments, "intervals": intervals}
+
+
+def version_of(family: str, asset: str) -> str:
+    """The processor version (Dagster ``code_version``) of one asset of one family."""
+    if asset == "source":
+        return SOURCE_VERSION
+    module = _PROCESSORS[family]
+    return module.SORT_VERSION if asset == "sorted" else module.INDEX_VERSION
+
+
+def key_for(family: str, md5: str, asset: str) -> ArtifactKey:
+    return ArtifactKey(family, md5, asset, version_of(family, asset))
+
+
+@dataclass
+class Built:
+    """A freshly built, not yet published artifact."""
+
+    draft: Draft
+    processor: str
+    details: dict[str, Any]
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def checksum(self) -> str:
+        """The content checksum the artifact will have once published (its data version)."""
+        folder = self.draft.dir
+        entries = [
+            FileEntry(name, (folder / name).stat().st_size, md5_file(folder / name))
+            for name in self.details["files"]
+        ]
+        return content_checksum(entries)
+
+
+def publish(cache: Cache, built: Built) -> Artifact:
+    """Publish a built draft atomically (or adopt the copy another builder published first)."""
+    return cache.publish(
+        built.draft,
+        processor=built.processor,
+        inputs=built.inputs,
+        details=built.details,
+        tools=tool_versions(),
+    )
+
+
+def _build(
+    cache: Cache,
+    key: ArtifactKey,
+    make: Callable[[Draft], tuple[str, dict[str, Any]]],
+    upstream: Artifact | None = None,
+) -> Artifact | Built:
+    found = cache.begin(key)
+    if isinstance(found, Artifact):
+        return found
+    started = time.perf_counter()
+    try:
+        processor, details = make(found)
+    except BaseException:
+        cache.discard(found)
+        raise
+    inputs = []
+    if upstream is not None:
+        inputs = [{"asset": upstream.key.asset_path, "checksum": upstream.checksum}]
+    return Built(found, processor, details, inputs, time.perf_counter() - started)
+
+
+def build_source(cache: Cache, rows: Sequence[SourceRow], *, md5: str) -> Artifact | Built:
+    """Stage the first replica that verifies, confirm its format by content, keep it."""
+    first = rows[0]
+    key = key_for(first.family, md5, "source")
+    size = next((row.size for row in rows if row.size is not None), None)
+
+    def make(draft: Draft) -> tuple[str, dict[str, Any]]:
+        staged, uri = staging.stage(
+            list(dict.fromkeys(row.uri for row in rows)),
+            draft.dir / "staged",
+            md5=md5,
+            size=size,
+            name=first.name,
+        )
+        fmt = formats.detect(staged, name=first.name, declared=first.format)
+        sniffed = formats.sniff(staged)
+        if sniffed.container == "bgzf":
+            formats.verify_bgzf_complete(staged, name=first.name, stage="stage")
+        final = draft.dir / _staged_name(fmt, sniffed.container)
+        staged.rename(final)
+        details = {
+            "files": [final.name],
+            "format": fmt,
+            "family": first.family,
+            "container": sniffed.container,
+            "names": sorted({row.name for row in rows}),
+            "manifest_rows": [f"{row.manifest}:{row.line}" for row in rows],
+            "staged_from": redact(uri),
+            "size": final.stat().st_size,
+        }
+        return "genoflow.storage.staging.stage", details
+
+    return _build(cache, key, make)
+
+
+def _staged_name(fmt: str, container: str) -> str:
+    suffix = formats.FORMAT_SUFFIX[fmt]
+    if fmt != "bam" and container in ("gzip", "bgzf"):
+        suffix += ".gz"
+    return f"source.{suffix}"
+
+
+def build_sorted(cache: Cache, source: Artifact, settings: Settings) -> Artifact | Built:
+    """Sort (and for alignments convert to BAM) and BGZF-compress the staged source."""
+    family, fmt, name = _facts(source)
+    key = key_for(family, source.key.md5, "sorted")
+
+    def make(draft: Draft) -> tuple[str, dict[str, Any]]:
+        with cache.workdir(f"{source.key.md5}-sorted") as work:
+            if family == "alignments":
+                result = alignments.sort_alignments(
+                    source.main,
+                    draft.dir,
+                    work_dir=work,
+                    memory=settings.sort_memory,
+                    threads=settings.threads,
+                    name=name,
+                )
+                processor = "genoflow.processors.alignments.sort_alignments"
+            else:
+                result = intervals.sort_intervals(
+                    source.main,
+                    draft.dir,
+                    fmt=fmt,
+                    work_dir=work,
+                    memory=settings.sort_memory,
+                    threads=settings.threads,
+                    name=name,
+                )
+                processor = "genoflow.processors.intervals.sort_intervals"
+        return processor, _details(result, source)
+
+    return _build(cache, key, make, source)
+
+
+def build_index(cache: Cache, sorted_: Artifact, settings: Settings) -> Artifact | Built:
+    """Index the sorted artifact; the index folder holds the data file beside its index."""
+    family, fmt, name = _facts(sorted_)
+    key = key_for(family, sorted_.key.md5, "index")
+
+    def make(draft: Draft) -> tuple[str, dict[str, Any]]:
+        if family == "alignments":
+            result = alignments.index_alignments(
+                sorted_.main, draft.dir, threads=settings.threads, name=name
+            )
+            processor = "genoflow.processors.alignments.index_alignments"
+        else:
+            result = intervals.index_intervals(sorted_.main, draft.dir, fmt=fmt, name=name)
+            processor = "genoflow.processors.intervals.index_intervals"
+        return processor, _details(result, sorted_)
+
+    return _build(cache, key, make, sorted_)
+
+
+def _facts(artifact: Artifact) -> tuple[str, str, str]:
+    details = artifact.marker["details"]
+    return artifact.key.family, details["format"], details["names"][0]
+
+
+def _details(result: Result, upstream: Artifact) -> dict[str, Any]:
+    inherited = upstream.marker["details"]
+    return {
+        "files": [Path(path).name for path in result.files],
+        "format": inherited["format"],
+        "family": inherited["family"],
+        "names": inherited["names"],
+        "records_in": result.records_in,
+        "records_out": result.records_out,
+        **result.metadata,
+    }
+
+
+def check_order(sorted_: Artifact) -> SortCheck:
+    """Re-read a sorted artifact and prove its order and record count."""
+    family, fmt, name = _facts(sorted_)
+    if family == "alignments":
+        return alignments.check_sorted(sorted_.main, name=name)
+    return intervals.check_sorted(sorted_.main, fmt=fmt, name=name)
+
+
+def query_regions(index: Artifact) -> dict[str, int]:
+    """Run one region query per contig through an index artifact; contig → records."""
+    family, fmt, name = _facts(index)
+    if family == "alignments":
+        return alignments.query_index(index.path, name=name)
+    return intervals.query_index(index.path, fmt=fmt, name=name)

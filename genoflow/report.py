@@ -1,0 +1,117 @@
+"""What the CLI prints: the run summary table, status records, and errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from genoflow.pipeline import CHAINS, key_for
+from genoflow.storage.cache import Cache
+from genoflow.storage.registry import SourceRow
+
+ASSETS = ("source", "sorted", "index")
+
+
+def print_errors(problems: Iterable[str]) -> None:
+    for problem in problems:
+        print(f"genoflow: {problem}", file=sys.stderr)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join(
+        "  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def print_summary(sources: dict[str, list[Any]], outcomes: Sequence[Any], *, as_json: bool) -> None:
+    """One line per manifest name: md5, format, each asset's status and the seconds spent."""
+    by_md5 = {outcome.md5: outcome for outcome in outcomes}
+    records = []
+    for md5, rows in sources.items():
+        outcome = by_md5[md5]
+        for name in dict.fromkeys(row.name for row in rows):
+            records.append(
+                {
+                    "name": name,
+                    "md5": md5,
+                    "family": rows[0].family,
+                    "format": rows[0].format,
+                    "assets": {a: outcome.assets.get(a) for a in CHAINS[rows[0].family]},
+                    "checks": outcome.checks,
+                    "seconds": round(outcome.seconds, 2),
+                    "error": outcome.error,
+                    "run_id": outcome.run_id,
+                }
+            )
+    if as_json:
+        print(json.dumps(records, indent=2))
+        return
+    header = ["name", "md5", "format", *ASSETS, "seconds"]
+    rows = [
+        [
+            r["name"],
+            r["md5"][:12],
+            r["format"],
+            *(r["assets"].get(a) or "-" for a in ASSETS),
+            f"{r['seconds']:.1f}",
+        ]
+        for r in records
+    ]
+    print(_table(header, rows))
+    ok = sum(1 for outcome in outcomes if outcome.ok)
+    print(f"\n{ok} of {len(outcomes)} sources ok")
+    print_errors(f"{r['name']}: {r['error']}" for r in records if r["error"])
+
+
+def status_records(rows: Sequence[SourceRow], cache: Cache, select: Sequence[str]) -> list[dict]:
+    """One record per (name, md5): its family, format and each asset's artifact (or None)."""
+    wanted = set(select)
+    records: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        if wanted and row.name not in wanted and row.md5 not in wanted:
+            continue
+        if (row.name, row.md5) in records:
+            continue
+        assets = {}
+        for asset in CHAINS[row.family]:
+            artifact = cache.lookup(key_for(row.family, row.md5, asset))
+            assets[asset] = None
+            if artifact is not None:
+                assets[asset] = {
+                    "path": str(artifact.path),
+                    "files": [str(path) for path in artifact.files],
+                    "version": artifact.key.version,
+                    "valid": True,
+                }
+        records[row.name, row.md5] = {
+            "name": row.name,
+            "md5": row.md5,
+            "family": row.family,
+            "format": row.format,
+            "assets": assets,
+        }
+    return list(records.values())
+
+
+def print_status(records: Sequence[dict], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(records, indent=2))
+        return
+    header = ["name", "md5", "format", *ASSETS]
+    rows = [
+        [r["name"], r["md5"][:12], r["format"]] + [_cell(r["assets"], asset) for asset in ASSETS]
+        for r in records
+    ]
+    print(_table(header, rows))
+
+
+def _cell(assets: dict[str, Any], asset: str) -> str:
+    if asset not in assets:
+        return "-"
+    artifact = assets[asset]
+    return f"v{artifact['version']}" if artifact else "missing"

@@ -1,0 +1,164 @@
+"""Running family chains through Dagster, on the instance the UI reads.
+
+One run per source md5 (the family's job, that md5 as its partition). Runs execute in process:
+the chain of one md5 is strictly sequential, so a step-per-process executor would only add
+interpreter start-ups. ``jobs > 1`` runs several md5s at once in a pool of worker processes,
+each with its share of the threads and of the sort memory cap, so the totals stay within the
+configured limits. A failed run never stops the others.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from dagster import DagsterInstance, PreviewWarning
+from dagster._core.errors import DagsterError
+from dagster._utils.error import SerializableErrorInfo
+
+from genoflow.config import Settings
+from genoflow.errors import GenoflowError
+from genoflow.partitions import PARTITIONS
+from genoflow.pipeline import CHAINS
+
+_QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+@dataclass
+class Outcome:
+    """What happened to one source md5 in one ``genoflow run``."""
+
+    md5: str
+    family: str
+    assets: dict[str, str] = field(default_factory=dict)  # built | cached | failed | skipped
+    checks: dict[str, bool] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+    run_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(s in ("built", "cached") for s in self.assets.values())
+
+
+def open_instance(settings: Settings) -> DagsterInstance:
+    """The Dagster instance under ``settings.dagster_home`` (created on first use)."""
+    os.environ["DAGSTER_HOME"] = str(settings.ensure_dagster_home())
+    return DagsterInstance.get()
+
+
+def add_partitions(instance: DagsterInstance, by_family: dict[str, list[str]]) -> int:
+    """Add the md5s missing from each family's dynamic partitions; return how many were new."""
+    added = 0
+    for family, md5s in by_family.items():
+        name = PARTITIONS[family].name
+        existing = set(instance.get_dynamic_partitions(name))
+        new = [md5 for md5 in dict.fromkeys(md5s) if md5 not in existing]
+        if new:
+            instance.add_dynamic_partitions(name, new)
+            added += len(new)
+    return added
+
+
+def run_one(md5: str, family: str) -> Outcome:
+    """Materialize one family chain for one md5 in this process; never raises for bad data."""
+    from genoflow.definitions import defs
+    from genoflow.jobs import job_name
+
+    warnings.filterwarnings("ignore", category=PreviewWarning)
+    started = time.perf_counter()
+    outcome = Outcome(md5, family, dict.fromkeys(CHAINS[family], "skipped"))
+    job = defs.resolve_job_def(job_name(family))
+    try:
+        result = job.execute_in_process(
+            partition_key=md5,
+            instance=DagsterInstance.get(),
+            raise_on_error=False,
+            run_config=_QUIET,
+            tags={"genoflow/launched_by": "genoflow run"},
+        )
+    except DagsterError as exc:
+        outcome.error = f"[dagster] {md5}: {exc}"
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+    outcome.run_id = result.run_id
+    for event in result.get_asset_materialization_events():
+        asset = event.asset_key.path[-1]
+        cache = event.materialization.metadata.get("cache")
+        outcome.assets[asset] = "cached" if cache and cache.value == "hit" else "built"
+    for evaluation in result.get_asset_check_evaluations():
+        outcome.checks[f"{evaluation.asset_key.path[-1]}:{evaluation.check_name}"] = (
+            evaluation.passed
+        )
+    for event in result.get_step_failure_events():
+        asset = event.step_key.split("__")[-1].removesuffix("_")
+        if asset in outcome.assets:
+            outcome.assets[asset] = "failed"
+        outcome.error = outcome.error or user_message(event.step_failure_data.error)
+    failed_checks = [name for name, passed in outcome.checks.items() if not passed]
+    if failed_checks and outcome.error is None:
+        outcome.error = f"asset checks failed: {', '.join(failed_checks)}"
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def user_message(error: SerializableErrorInfo | None) -> str:
+    """The innermost genoflow error in a Dagster error chain, else the innermost message."""
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.cause or error.context
+    ours = {cls.__name__ for cls in (GenoflowError, *GenoflowError.__subclasses__())}
+    for info in reversed(chain):
+        if info.cls_name in ours:
+            return info.message.split(": ", 1)[-1].strip()
+    return chain[-1].message.strip() if chain else "unknown failure"
+
+
+def _init_worker(threads: int, memory: int) -> None:
+    os.environ["GENOFLOW_THREADS"] = str(threads)
+    os.environ["GENOFLOW_SORT_MEMORY"] = str(memory)
+    warnings.filterwarnings("ignore", category=PreviewWarning)
+
+
+def run_all(
+    work: Iterable[tuple[str, str]],
+    *,
+    settings: Settings,
+    jobs: int = 1,
+    on_done: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Run every ``(md5, family)`` chain, ``jobs`` at a time; return outcomes in input order."""
+    work = list(work)
+    done = on_done or (lambda _outcome: None)
+    if jobs <= 1 or len(work) <= 1:
+        outcomes = []
+        for md5, family in work:
+            outcomes.append(run_one(md5, family))
+            done(outcomes[-1])
+        return outcomes
+    jobs = min(jobs, len(work))
+    share = (max(1, settings.threads // jobs), max(1 << 26, settings.sort_memory // jobs))
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["genoflow.definitions"])
+    results: dict[tuple[str, str], Outcome] = {}
+    with concurrent.futures.ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_init_worker, initargs=share
+    ) as pool:
+        futures = {pool.submit(run_one, md5, family): (md5, family) for md5, family in work}
+        for future in concurrent.futures.as_completed(futures):
+            md5, family = futures[future]
+            try:
+                results[md5, family] = future.result()
+            except (concurrent.futures.process.BrokenProcessPool, OSError) as exc:
+                # A worker that died (killed, out of memory) fails its md5, not the others.
+                results[md5, family] = Outcome(
+                    md5, family, error=f"[run] {md5}: worker died: {exc}"
+                )
+            done(results[md5, family])
+    return [results[item] for item in work]
