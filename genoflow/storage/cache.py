@@ -200,11 +200,14 @@ class Cache:
             _write_marker(draft.dir / MARKER, marker)
             atomic.fsync_tree(draft.dir)
             atomic.publish_dir(draft.dir, draft.dest)
-        except OSError as exc:
+        except BaseException as exc:
+            # Every failure (a file not written, details that are not JSON) removes the draft.
             atomic.remove_tree(draft.dir)
-            raise StorageError(
-                f"could not publish {draft.key}: {exc}", file=str(draft.dest)
-            ) from exc
+            if isinstance(exc, OSError):
+                raise StorageError(
+                    f"could not publish {draft.key}: {exc}", file=str(draft.dest)
+                ) from exc
+            raise
         finally:
             self._release(draft)
         found = self.lookup(draft.key)
