@@ -139,11 +139,22 @@ class Cache:
         The lock is taken before the re-check, so of N concurrent builders one builds and the
         others find its artifact. A folder that exists but fails the size check is moved
         aside (never overwritten in place) so that it can be rebuilt.
+
+        Raises:
+            StorageError: the lock was not free within ``lock_timeout`` seconds.
         """
         dest = self.folder(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(dest.parent / f".{dest.name}.lock"), timeout=self.lock_timeout)
-        lock.acquire()
+        try:
+            lock.acquire()
+        except filelock.Timeout as exc:
+            raise StorageError(
+                f"another builder of {key} held its lock for over {self.lock_timeout:g} s",
+                file=str(dest),
+                stage="cache",
+                hint="wait for that build to finish, or raise the lock timeout",
+            ) from exc
         try:
             found = self.lookup(key)
             if found is not None:
