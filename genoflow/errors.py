@@ -23,10 +23,19 @@ def redact(uri: str) -> str:
     """
     if "://" not in uri:
         return uri
-    parts = urlsplit(uri)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
+    try:
+        parts = urlsplit(uri)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+    except ValueError:
+        # Malformed (bad IPv6 bracket, port out of range): keep only what precedes any query.
+        head = uri.split("?", 1)[0].split("#", 1)[0]
+        scheme, _, rest = head.partition("://")
+        authority, slash, path = rest.partition("/")
+        return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}" + (
+            "?…" if "?" in uri else ""
+        )
     query = "…" if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
