@@ -1,0 +1,173 @@
+"""The source registry: WAL SQLite, idempotent registration, filters, and concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genoflow.storage.registry import Registry, SourceRow
+
+PROCESSES = 4
+
+
+@dataclass(frozen=True)
+class Row:
+    """A stand-in for a parsed manifest row, with the fields the registry reads."""
+
+    md5: str
+    name: str
+    uri: str
+    format: str = "bed"
+    family: str = "intervals"
+    size: int | None = 100
+    manifest: str = "manifests/lab.tsv"
+    line: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def row(number: int, **changes: Any) -> Row:
+    """The manifest row for source ``number`` (one md5 per number)."""
+    values: dict[str, Any] = {
+        "md5": f"{number:032x}",
+        "name": f"peaks{number}.bed",
+        "uri": f"/data/peaks{number}.bed",
+        "line": number + 2,
+    }
+    return Row(**(values | changes))
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    opened = Registry(tmp_path / "registry.sqlite")
+    yield opened
+    opened.close()
+
+
+def test_creates_the_sqlite_file_in_wal_mode(tmp_path: Path) -> None:
+    Registry(tmp_path / "state" / "registry.sqlite").close()
+
+    with sqlite3.connect(tmp_path / "state" / "registry.sqlite") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_register_returns_how_many_rows_were_new(registry: Registry) -> None:
+    assert registry.register([row(1), row(2)]) == 2
+
+
+def test_registering_the_same_rows_again_adds_nothing(registry: Registry) -> None:
+    registry.register([row(1), row(2)])
+
+    assert registry.register([row(1), row(2)]) == 0
+    assert len(registry.rows()) == 2
+
+
+def test_registering_no_rows_adds_nothing(registry: Registry) -> None:
+    assert registry.register([]) == 0
+
+
+def test_a_replica_of_a_known_md5_is_a_new_row(registry: Registry) -> None:
+    registry.register([row(1)])
+
+    added = registry.register([row(1, uri="https://mirror.example/peaks1.bed")])
+
+    assert added == 1
+    assert [r.uri for r in registry.rows(f"{1:032x}")] == [
+        "/data/peaks1.bed",
+        "https://mirror.example/peaks1.bed",
+    ]
+
+
+def test_rows_round_trip_every_field(registry: Registry) -> None:
+    original = row(7, size=None, extra={"assay": "ChIP-seq", "note": "caf\u00e9"})
+    registry.register([original])
+
+    assert registry.rows() == [
+        SourceRow(
+            md5=original.md5,
+            name=original.name,
+            uri=original.uri,
+            format="bed",
+            family="intervals",
+            size=None,
+            manifest="manifests/lab.tsv",
+            line=9,
+            extra={"assay": "ChIP-seq", "note": "caf\u00e9"},
+        )
+    ]
+
+
+def test_rows_of_an_md5_returns_only_that_sources_rows(registry: Registry) -> None:
+    registry.register([row(1), row(2), row(1, manifest="manifests/other.tsv")])
+
+    rows = registry.rows(f"{1:032x}")
+
+    assert [(r.md5, r.manifest) for r in rows] == [
+        (f"{1:032x}", "manifests/lab.tsv"),
+        (f"{1:032x}", "manifests/other.tsv"),
+    ]
+
+
+def test_md5s_of_a_family_returns_only_that_familys_sources(registry: Registry) -> None:
+    registry.register([row(1), row(2, family="alignments", format="bam"), row(3)])
+
+    assert registry.md5s("intervals") == [f"{1:032x}", f"{3:032x}"]
+
+
+def test_md5s_are_distinct(registry: Registry) -> None:
+    registry.register([row(1), row(1, uri="/mirror/peaks1.bed"), row(2)])
+
+    assert registry.md5s() == [f"{1:032x}", f"{2:032x}"]
+
+
+def test_a_second_registry_on_the_same_file_sees_the_rows(tmp_path: Path) -> None:
+    first = Registry(tmp_path / "registry.sqlite")
+    first.register([row(1)])
+    first.close()
+
+    second = Registry(tmp_path / "registry.sqlite")
+
+    assert second.md5s() == [f"{1:032x}"]
+    second.close()
+
+
+def _register_overlapping(path: str, start: int, barrier: Barrier, results: Queue) -> None:
+    """Open the registry with every rival at once, then register 40 rows in small batches."""
+    try:
+        barrier.wait(timeout=60)
+        registry = Registry(path)
+        added = sum(registry.register([row(n)]) for n in range(start, start + 40))
+        registry.close()
+        results.put(("ok", added))
+    except Exception as exc:  # sent to the parent, which fails the test with it
+        results.put(("error", repr(exc)))
+
+
+def test_concurrent_registration_leaves_no_duplicates_and_no_lock_errors(tmp_path: Path) -> None:
+    path = str(tmp_path / "registry.sqlite")
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(PROCESSES), context.Queue()
+    # Process i registers sources 10*i .. 10*i+39: each source is offered by up to four processes.
+    workers = [
+        context.Process(target=_register_overlapping, args=(path, 10 * i, barrier, results))
+        for i in range(PROCESSES)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+
+    assert [status for status, _ in outcomes] == ["ok"] * PROCESSES, outcomes
+    registry = Registry(path)
+    assert len(registry.rows()) == 70
+    assert registry.md5s() == [f"{n:032x}" for n in range(70)]
+    assert sum(added for _, added in outcomes) == 70
+    registry.close()
