@@ -77,7 +77,9 @@ def copy_verified(uri: str, dest: Path, *, md5: str, size: int | None, name: str
         problem = f"md5 is {digest.hexdigest()}, the manifest says {md5}"
     if problem:
         dest.unlink(missing_ok=True)
-        raise ChecksumError(problem, file=f"{name} ({redact(uri)})")
+        # The URI goes in the message: the error redacts ``file`` again, and a redacted query
+        # there would swallow whatever text followed the URI.
+        raise ChecksumError(f"{problem} (read from {redact(uri)})", file=name)
     return dest
 
 
