@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,7 +70,7 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
     from genoflow.storage.cache import Cache
     from genoflow.storage.registry import Registry
 
-    warnings.filterwarnings("ignore", module="dagster")
+    runner.quiet_warnings()
     manifest, problems = load_manifests(paths)
     print_errors(problems)
     registry = Registry(settings.registry_path)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, UnresolvedAssetJobDefinition, define_asset_job
-
-from genoflow.partitions import PARTITIONS
+from dagster import AssetSelection, define_asset_job
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition,
+)
 
 
 def job_name(family: str) -> str:
@@ -16,7 +17,6 @@ def family_job(family: str) -> UnresolvedAssetJobDefinition:
     return define_asset_job(
         job_name(family),
         selection=AssetSelection.groups(family),
-        partitions_def=PARTITIONS[family],
         description=f"Stage, sort and index one {family} source (one md5 per run).",
         tags={"genoflow/family": family},
     )

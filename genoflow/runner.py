@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from dagster import DagsterInstance, PreviewWarning
+from dagster import BetaWarning, DagsterInstance, PreviewWarning
 from dagster._core.errors import DagsterError
 from dagster._utils.error import SerializableErrorInfo
 
@@ -46,6 +46,12 @@ class Outcome:
         return self.error is None and all(s in ("built", "cached") for s in self.assets.values())
 
 
+def quiet_warnings() -> None:
+    """Hide Dagster's beta/preview notices (data versions, partitioned checks) from CLI output."""
+    for category in (BetaWarning, PreviewWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
 def open_instance(settings: Settings) -> DagsterInstance:
     """The Dagster instance under ``settings.dagster_home`` (created on first use)."""
     os.environ["DAGSTER_HOME"] = str(settings.ensure_dagster_home())
@@ -70,7 +76,7 @@ def run_one(md5: str, family: str) -> Outcome:
     from genoflow.definitions import defs
     from genoflow.jobs import job_name
 
-    warnings.filterwarnings("ignore", category=PreviewWarning)
+    quiet_warnings()
     started = time.perf_counter()
     outcome = Outcome(md5, family, dict.fromkeys(CHAINS[family], "skipped"))
     job = defs.resolve_job_def(job_name(family))
@@ -123,7 +129,7 @@ def user_message(error: SerializableErrorInfo | None) -> str:
 def _init_worker(threads: int, memory: int) -> None:
     os.environ["GENOFLOW_THREADS"] = str(threads)
     os.environ["GENOFLOW_SORT_MEMORY"] = str(memory)
-    warnings.filterwarnings("ignore", category=PreviewWarning)
+    quiet_warnings()
 
 
 def run_all(
@@ -145,7 +151,8 @@ def run_all(
     jobs = min(jobs, len(work))
     share = (max(1, settings.threads // jobs), max(1 << 26, settings.sort_memory // jobs))
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["genoflow.definitions"])
+    # Preload Dagster itself; each worker imports the definitions once, after its warning filters.
+    context.set_forkserver_preload(["genoflow.runner"])
     results: dict[tuple[str, str], Outcome] = {}
     with concurrent.futures.ProcessPoolExecutor(
         jobs, mp_context=context, initializer=_init_worker, initargs=share

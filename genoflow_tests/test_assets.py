@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -81,9 +82,7 @@ def test_rematerializing_is_a_cache_hit_with_the_same_data_version(tmp_path, ins
 def test_a_wrong_md5_fails_the_source_and_publishes_nothing(tmp_path, instance) -> None:
     rows = [row for row in read_manifest(DEMO).rows if row.name == "genes.gtf"]
     wrong = "0" * 32
-    Registry(tmp_path / "registry.db").register(
-        [type(rows[0])(**{**rows[0].__dict__, "md5": wrong})]
-    )
+    Registry(tmp_path / "registry.db").register([dataclasses.replace(rows[0], md5=wrong)])
     instance.add_dynamic_partitions(PARTITIONS["intervals"].name, [wrong])
     result = materialize(
         [*family_assets("intervals")],

@@ -1,6 +1,7 @@
 """Partitioned asset checks: each artifact proves itself by re-reading what was published."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Dagster reads these annotations at runtime
+# to find the context, resources and inputs of nested asset functions.
 
 from dagster import AssetCheckResult, AssetChecksDefinition, MetadataValue, asset_check
 

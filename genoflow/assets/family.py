@@ -4,7 +4,8 @@ Each body is a few lines: it asks :mod:`genoflow.pipeline` for a cache hit or a 
 returns it with the artifact's content checksum as its data version.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Dagster reads these annotations at runtime
+# to find the context, resources and inputs of nested asset functions.
 
 import time
 
