@@ -24,7 +24,7 @@ def test_definitions_hold_exactly_the_documented_asset_keys() -> None:
 
 def test_every_asset_has_a_check() -> None:
     graph = defs.resolve_asset_graph()
-    checked = {key.asset_key.path[0] + "/" + key.asset_key.path[1] for key in graph.asset_check_keys}
+    checked = {"/".join(key.asset_key.path) for key in graph.asset_check_keys}
     assert checked == {"/".join(path) for path in EXPECTED_ASSETS}
 
 

@@ -1,0 +1,140 @@
+"""The ``genoflow`` command end to end, on the demo manifest and on a manifest with bad rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genoflow.manifest import read_manifest
+
+from .conftest import DATA, require_tool
+
+DEMO = DATA / "manifests" / "demo.tsv"
+
+
+def genoflow(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GENOFLOW_HOME": str(home), "GENOFLOW_THREADS": "2"}
+    env.pop("DAGSTER_HOME", None)
+    return subprocess.run(
+        [sys.executable, "-m", "genoflow.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    home = tmp_path_factory.mktemp("home")
+    return home, genoflow(home, "run", str(DEMO), "--json", "--jobs", "2")
+
+
+def test_run_on_the_demo_manifest_builds_every_row(demo_home) -> None:
+    _home, result = demo_home
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    names = {row.name for row in read_manifest(DEMO).rows}
+    assert {record["name"] for record in records} == names
+    for record in records:
+        assert record["error"] is None
+        assert set(record["assets"].values()) == {"built"}, record
+
+
+def test_run_records_the_runs_in_the_dagster_instance_under_genoflow_home(demo_home) -> None:
+    home, result = demo_home
+    run_ids = {record["run_id"] for record in json.loads(result.stdout)}
+    runs_db = home / "dagster" / "history" / "runs.db"
+    assert runs_db.exists()
+    assert all(run_ids)
+
+
+def test_status_json_has_the_documented_shape(demo_home) -> None:
+    home, _ = demo_home
+    result = genoflow(home, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert len(records) == len(read_manifest(DEMO).rows)
+    for record in records:
+        assert set(record) == {"name", "md5", "family", "format", "assets"}
+        for asset, artifact in record["assets"].items():
+            assert asset in ("source", "sorted", "index")
+            assert set(artifact) == {"path", "files", "version", "valid"}
+            assert artifact["valid"] is True
+            assert all(Path(path).is_file() for path in artifact["files"])
+
+
+def test_status_selects_by_name_or_md5_and_fails_on_unknown(demo_home) -> None:
+    home, _ = demo_home
+    by_name = json.loads(genoflow(home, "status", "--json", "trio.vcf").stdout)
+    assert [record["name"] for record in by_name] == ["trio.vcf"]
+    by_md5 = json.loads(genoflow(home, "status", "--json", by_name[0]["md5"]).stdout)
+    assert [record["name"] for record in by_md5] == ["trio.vcf"]
+    assert genoflow(home, "status", "no-such-file.bam").returncode == 1
+
+
+def test_demo_outputs_pass_the_reference_tools(demo_home) -> None:
+    samtools, tabix = require_tool("samtools"), require_tool("tabix")
+    home, _ = demo_home
+    records = json.loads(genoflow(home, "status", "--json").stdout)
+    for record in records:
+        if record["family"] == "passthrough":
+            continue
+        data, _index = record["assets"]["index"]["files"]
+        if record["family"] == "alignments":
+            subprocess.run([samtools, "quickcheck", data], check=True)
+            header = subprocess.run([samtools, "view", "-H", data], capture_output=True, text=True)
+            assert "SO:coordinate" in header.stdout
+        contigs_cmd = [samtools, "idxstats", data] if data.endswith(".bam") else [tabix, "-l", data]
+        listed = subprocess.run(contigs_cmd, capture_output=True, text=True, check=True)
+        assert listed.stdout.strip(), f"{record['name']}: the index lists no contigs"
+
+
+def test_the_long_contig_gets_a_csi_index(demo_home) -> None:
+    home, _ = demo_home
+    (record,) = json.loads(genoflow(home, "status", "--json", "barley_regions.bed").stdout)
+    assert record["assets"]["index"]["files"][1].endswith(".csi")
+
+
+def test_a_second_run_is_all_cache_hits(demo_home) -> None:
+    home, _ = demo_home
+    result = genoflow(home, "run", str(DEMO), "--json")
+    assert result.returncode == 0, result.stderr
+    for record in json.loads(result.stdout):
+        assert set(record["assets"].values()) == {"cached"}, record
+
+
+def test_bad_rows_and_bad_files_are_reported_while_good_ones_are_built(tmp_path) -> None:
+    shutil.copy(DATA / "demo" / "genes.gtf", tmp_path / "genes.gtf")
+    (tmp_path / "broken.vcf").write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\nchr1\tnot-a-number\n")
+    broken_md5 = _md5(tmp_path / "broken.vcf")
+    good_md5 = _md5(tmp_path / "genes.gtf")
+    (tmp_path / "m.tsv").write_text(
+        "name\turi\tmd5\n"
+        f"genes.gtf\tgenes.gtf\t{good_md5}\n"
+        f"broken.vcf\tbroken.vcf\t{broken_md5}\n"
+        "bad-md5.bed\tx.bed\tnot-an-md5\n"
+        f"wrong.vcf\tbroken.vcf\t{'0' * 32}\n"
+    )
+    result = genoflow(tmp_path / "home", "run", str(tmp_path / "m.tsv"), "--json")
+    assert result.returncode == 1
+    assert "m.tsv:4" in result.stderr and "md5" in result.stderr
+    records = {record["name"]: record for record in json.loads(result.stdout)}
+    assert set(records["genes.gtf"]["assets"].values()) == {"built"}
+    assert records["broken.vcf"]["assets"]["sorted"] == "failed"
+    assert "broken.vcf" in records["broken.vcf"]["error"]
+    assert records["wrong.vcf"]["assets"]["source"] == "failed"
+    assert "md5" in records["wrong.vcf"]["error"]
+    assert not list((tmp_path / "home" / "cache").rglob("*.tmp.*"))
+
+
+def _md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
