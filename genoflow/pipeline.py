@@ -8,6 +8,7 @@ bodies call these functions and the IO manager calls :func:`publish`.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,15 +57,19 @@ class Built:
     inputs: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
-    @property
-    def checksum(self) -> str:
-        """The content checksum the artifact will have once published (its data version)."""
+    @functools.cached_property
+    def entries(self) -> list[FileEntry]:
+        """Sizes and md5s of the built files, hashed once for the data version and the marker."""
         folder = self.draft.dir
-        entries = [
+        return [
             FileEntry(name, (folder / name).stat().st_size, md5_file(folder / name))
             for name in self.details["files"]
         ]
-        return content_checksum(entries)
+
+    @property
+    def checksum(self) -> str:
+        """The content checksum the artifact will have once published (its data version)."""
+        return content_checksum(self.entries)
 
 
 def publish(cache: Cache, built: Built) -> Artifact:
@@ -75,6 +80,7 @@ def publish(cache: Cache, built: Built) -> Artifact:
         inputs=built.inputs,
         details=built.details,
         tools=tool_versions(),
+        entries=built.entries,
     )
 
 

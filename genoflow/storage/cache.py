@@ -119,15 +119,15 @@ class Cache:
         """Return the published artifact for ``key`` when it is present and intact by size."""
         folder = self.folder(key)
         try:
-            marker = json.loads((folder / MARKER).read_text())
+            artifact = Artifact(key, folder, json.loads((folder / MARKER).read_text()))
+            entries = artifact.entries
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except (OSError, ValueError) as exc:
-            raise StorageError(
-                f"unreadable {MARKER}: {exc}", file=str(folder), stage="cache"
-            ) from exc
-        artifact = Artifact(key, folder, marker)
-        for entry in artifact.entries:
+        except (ValueError, KeyError, TypeError):
+            # A damaged marker makes the folder untrustworthy: not an artifact; begin() moves
+            # it aside and rebuilds.
+            return None
+        for entry in entries:
             path = folder / entry.name
             if not path.is_file() or path.stat().st_size != entry.size:
                 return None
@@ -176,6 +176,7 @@ class Cache:
         inputs: list[dict[str, Any]] | None = None,
         details: dict[str, Any] | None = None,
         tools: dict[str, str] | None = None,
+        entries: list[FileEntry] | None = None,
     ) -> Artifact:
         """Write the marker last, fsync, and rename the draft into place.
 
@@ -186,6 +187,8 @@ class Cache:
             inputs: checksums of the inputs (``[{"asset": ..., "checksum": ...}]``).
             details: facts to keep (record counts, index kind, header lines…).
             tools: library versions that shaped the bytes.
+            entries: the files' sizes and md5s when the caller already computed them (in
+                ``details['files']`` order); hashed here otherwise.
 
         Returns:
             The published artifact — ours, or the one another builder published first.
@@ -193,7 +196,7 @@ class Cache:
         try:
             details = dict(details or {})
             order = details.pop("files", None) or sorted(p.name for p in draft.dir.iterdir())
-            entries = [_entry(draft.dir / name) for name in order]
+            entries = entries or [_entry(draft.dir / name) for name in order]
             marker = {
                 "format_version": FORMAT_VERSION,
                 "asset": draft.key.asset_path,
