@@ -97,6 +97,12 @@ def child(spec: dict) -> None:
         index_intervals(done.files[0], work / "index", fmt=fmt, name=src.name)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # `timeout` signals both the process and its group: ignore the repeat so cleanup can finish.
+    signal.signal(signum, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
+
+
 def _kill_group(pid: int) -> None:
     # A group that has already exited leaves nothing to stop.
     with contextlib.suppress(ProcessLookupError):
@@ -121,7 +127,6 @@ def measure(
             timer.cancel()
         wall = time.perf_counter() - began
     proc.returncode = code = os.waitstatus_to_exitcode(status)
-    _kill_group(proc.pid)  # stray grandchildren, if any, must not outlive the measurement
     error = None
     if code != 0:
         tail = (cwd / "stderr.log").read_bytes()[-600:].decode("utf-8", "replace").strip()
@@ -280,6 +285,9 @@ def main(argv: list[str]) -> int:
         return 0
     args = parse_args(argv)
     from generate import ensure_input
+
+    # Turn SIGTERM (e.g. from `timeout`) into an exception, so measure() stops the child's group.
+    signal.signal(signal.SIGTERM, _terminate)
 
     runs: list[Run] = []
     inputs: dict[str, str] = {}

@@ -119,11 +119,15 @@ def user_message(error: SerializableErrorInfo | None) -> str:
     while error is not None:
         chain.append(error)
         error = error.cause or error.context
-    ours = {cls.__name__ for cls in (GenoflowError, *GenoflowError.__subclasses__())}
+    ours = _error_names(GenoflowError)
     for info in reversed(chain):
         if info.cls_name in ours:
             return info.message.split(": ", 1)[-1].strip()
     return chain[-1].message.strip() if chain else "unknown failure"
+
+
+def _error_names(cls: type) -> set[str]:
+    return {cls.__name__}.union(*(_error_names(sub) for sub in cls.__subclasses__()))
 
 
 def _init_worker(threads: int, memory: int) -> None:
