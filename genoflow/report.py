@@ -65,7 +65,7 @@ def print_summary(sources: dict[str, list[Any]], outcomes: Sequence[Any], *, as_
     print(_table(header, rows))
     ok = sum(1 for outcome in outcomes if outcome.ok)
     print(f"\n{ok} of {len(outcomes)} sources ok")
-    print_errors(f"{r['name']}: {r['error']}" for r in records if r["error"])
+    print_errors(r["error"] for r in records if r["error"])
 
 
 def status_records(rows: Sequence[SourceRow], cache: Cache, select: Sequence[str]) -> list[dict]:

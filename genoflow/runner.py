@@ -26,7 +26,8 @@ from genoflow.errors import GenoflowError
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import CHAINS
 
-_QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+# Failures reach the user through the summary; the run keeps every event in the instance.
+_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass
