@@ -73,7 +73,7 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
     runner.quiet_warnings()
     manifest, problems = load_manifests(paths)
     print_errors(problems)
-    registry = Registry(settings.registry_path)
+    registry = Registry(settings.registry_target)
     registry.register(manifest.rows)
     Cache(settings.cache_root).sweep()
     sources = manifest.sources()
@@ -97,10 +97,10 @@ def cmd_status(select: Sequence[str], settings: Settings, *, as_json: bool) -> i
     from genoflow.storage.cache import Cache
     from genoflow.storage.registry import Registry
 
-    if not settings.registry_path.exists():
+    if settings.registry_url is None and not settings.registry_path.exists():
         records = []
     else:
-        registry = Registry(settings.registry_path)
+        registry = Registry(settings.registry_target)
         records = status_records(registry.rows(), Cache(settings.cache_root), select)
     print_status(records, as_json=as_json)
     missing = set(select) - {r["name"] for r in records} - {r["md5"] for r in records}

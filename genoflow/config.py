@@ -32,12 +32,18 @@ class Settings:
         sort_memory: the total memory cap of one sort, in bytes, across all its threads.
         threads: threads one build may use.
         dagster_home: the Dagster instance folder.
+        deployment: the name of the machines sharing this node's cache (``local``).
+        replicas: URIs (``gs://bucket/prefix``) every published artifact is copied to.
+        registry_url: a SQLAlchemy URL for a shared registry; None means the SQLite file.
     """
 
     home: Path
     sort_memory: int
     threads: int
     dagster_home: Path
+    deployment: str = "local"
+    replicas: tuple[str, ...] = ()
+    registry_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -53,7 +59,23 @@ class Settings:
             raise ValueError(f"GENOFLOW_THREADS must be at least 1, got {threads}")
         memory = parse_memory(env.get("GENOFLOW_SORT_MEMORY") or DEFAULT_SORT_MEMORY)
         dagster_home = Path(env.get("DAGSTER_HOME") or home / "dagster").expanduser().resolve()
-        return cls(home=home, sort_memory=memory, threads=threads, dagster_home=dagster_home)
+        replicas = tuple(
+            u.strip() for u in env.get("GENOFLOW_REPLICAS", "").split(",") if u.strip()
+        )
+        for uri in replicas:
+            if not uri.startswith("gs://") or len(uri) <= len("gs://"):
+                raise ValueError(
+                    f"GENOFLOW_REPLICAS entries must be gs://bucket[/prefix], got {uri}"
+                )
+        return cls(
+            home=home,
+            sort_memory=memory,
+            threads=threads,
+            dagster_home=dagster_home,
+            deployment=env.get("GENOFLOW_DEPLOYMENT") or "local",
+            replicas=replicas,
+            registry_url=env.get("GENOFLOW_REGISTRY_URL") or None,
+        )
 
     def with_overrides(
         self, *, home: str | None, sort_memory: str | None, threads: int | None
@@ -75,6 +97,11 @@ class Settings:
     @property
     def registry_path(self) -> Path:
         return self.home / "registry.db"
+
+    @property
+    def registry_target(self) -> str:
+        """Where the registry lives: ``GENOFLOW_REGISTRY_URL``, else the SQLite file."""
+        return self.registry_url or str(self.registry_path)
 
     def ensure_dagster_home(self) -> Path:
         """Create the Dagster instance folder with a minimal ``dagster.yaml`` if it is new."""

@@ -38,4 +38,4 @@ class GenoflowResource(ConfigurableResource):
         return Cache(self.settings().cache_root)
 
     def registry(self) -> Registry:
-        return Registry(self.settings().registry_path)
+        return Registry(self.settings().registry_target)
