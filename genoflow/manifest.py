@@ -18,24 +18,31 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from genoflow.errors import GenoflowError, ManifestError, SourceError, redact
+from genoflow.errors import GenoflowError, ManifestError
 from genoflow.formats import FAMILY, FORMATS, Family, format_from_name, normalize_format
+from genoflow.uris import CONTROL, URI_RESOLVERS, Resolver, resolve_uri, uri_basename
+
+__all__ = [
+    "REQUIRED",
+    "URI_RESOLVERS",
+    "Manifest",
+    "ManifestRow",
+    "Resolver",
+    "RowError",
+    "read_manifest",
+    "read_manifests",
+    "resolve_uri",
+]
 
 REQUIRED = ("name", "uri", "md5")
 _KNOWN = frozenset((*REQUIRED, "format", "size"))
 _MD5 = re.compile(r"[0-9a-f]{32}")
 _INT = re.compile(r"-?[0-9]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-
-Resolver = Callable[[str, Path], str]
-"""Turns a URI (and the manifest's folder) into what the staging layer reads."""
 
 _Record = tuple[int, "dict[str, str] | str"]  # (line, fields) or (line, reason it is unusable)
 
@@ -99,83 +106,6 @@ class Manifest:
         for row in self.rows:
             groups.setdefault(row.md5, []).append(row)
         return groups
-
-
-def _redacted(uri: str) -> str:
-    try:
-        return redact(uri)
-    except ValueError:  # urlsplit rejects some netlocs ("[x", ":99999"); show the scheme only
-        return uri.split("://", 1)[0] + "://…"
-
-
-def _resolve_file(uri: str, base: Path) -> str:
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        raise SourceError("malformed file uri", file=_redacted(uri), stage="manifest") from None
-    problem = None
-    path = unquote(parts.path, errors="surrogateescape")
-    if parts.netloc not in ("", "localhost"):
-        problem = "file uri names a remote host; only local files are supported"
-    elif parts.query or parts.fragment:
-        problem = "file uri must not carry a query or fragment"
-    elif not path.startswith("/"):
-        problem = "file uri must hold an absolute path (file:///…)"
-    elif _CONTROL.search(path):
-        problem = "uri contains a control character"
-    if problem:
-        raise SourceError(problem, file=_redacted(uri), stage="manifest")
-    return os.path.normpath(path)
-
-
-def _pass_through(uri: str, base: Path) -> str:
-    try:
-        host = urlsplit(uri).hostname
-    except ValueError:
-        host = None
-    if not host:
-        raise SourceError("uri has no valid host or bucket", file=_redacted(uri), stage="manifest")
-    return uri
-
-
-URI_RESOLVERS: dict[str, Resolver] = {
-    "file": _resolve_file,
-    "http": _pass_through,
-    "https": _pass_through,
-    "gs": _pass_through,
-}
-"""Scheme → resolver. Remote schemes pass through until readers for them are registered."""
-
-
-def resolve_uri(uri: str, *, base: Path) -> str:
-    """Resolve a manifest ``uri`` into what the staging layer reads.
-
-    Args:
-        uri: a path relative to ``base``, an absolute path, a ``file://`` URI (percent-encoded),
-            or a URI whose scheme is in :data:`URI_RESOLVERS`.
-        base: the manifest's folder, absolute.
-
-    Returns:
-        An absolute, normalised local path for local files; other URIs as their resolver says.
-
-    Raises:
-        SourceError: unsupported scheme, or a malformed URI (the message never shows a query).
-    """
-    match = _SCHEME.match(uri)
-    if match is None and not uri.lower().startswith("file:"):
-        if _CONTROL.search(uri):
-            raise SourceError("uri contains a control character", file=uri, stage="manifest")
-        return os.path.normpath(os.path.join(base, uri))
-    scheme = match.group(1).lower() if match else "file"
-    resolver = URI_RESOLVERS.get(scheme)
-    if resolver is None:
-        raise SourceError(
-            f"unsupported uri scheme '{scheme}' in {_redacted(uri)} "
-            f"(supported: local paths, {', '.join(sorted(URI_RESOLVERS))})",
-            file=_redacted(uri),
-            stage="manifest",
-        )
-    return resolver(uri, base)
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -365,7 +295,7 @@ def _show(value: str) -> str:
 
 
 def _name_problem(name: str) -> str | None:
-    if _CONTROL.search(name):
+    if CONTROL.search(name):
         return f"name {_show(name)} contains a control character"
     if "/" in name or "\\" in name:
         return f"name {_show(name)} contains a path separator (a file name, not a path, is needed)"
@@ -376,12 +306,6 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
-def _uri_basename(uri: str) -> str:
-    if _SCHEME.match(uri) or uri.lower().startswith("file:"):
-        uri = unquote(re.split(r"[?#]", uri, maxsplit=1)[0])
-    return uri.rstrip("/").rsplit("/", 1)[-1]
-
-
 def _format(declared: str, name: str, uri: str) -> tuple[str | None, str | None]:
     """Return (format, None) or (None, reason)."""
     if declared:
@@ -389,7 +313,7 @@ def _format(declared: str, name: str, uri: str) -> tuple[str | None, str | None]
             return normalize_format(declared), None
         except GenoflowError:
             return None, f"unknown format {_show(declared)} (known: {', '.join(FORMATS)})"
-    fmt = format_from_name(name) or format_from_name(_uri_basename(uri))
+    fmt = format_from_name(name) or format_from_name(uri_basename(uri))
     if fmt is None:
         return (
             None,
