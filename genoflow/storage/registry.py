@@ -1,9 +1,11 @@
-"""The registry: which manifest rows name which source md5.
+"""The registry: which manifest rows name which source md5, and where artifacts have replicas.
 
 SQL through SQLAlchemy Core: a SQLite file under ``GENOFLOW_HOME`` by default (WAL, a busy
 timeout, and ``BEGIN IMMEDIATE`` for every transaction so concurrent writers queue instead of
-failing on lock upgrades), or any URL SQLAlchemy accepts. Registering the same row twice is a
-no-op, so a manifest read again never duplicates rows.
+failing on lock upgrades), or PostgreSQL with the same schema when several machines share it.
+Registering the same row twice is a no-op, so a manifest read again never duplicates rows. The
+``location``/``artifact``/``replica`` tables belong to :mod:`genoflow.storage.replicas`; every
+write there is an ``ON CONFLICT`` upsert, so racing writers converge on one row.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 metadata = sa.MetaData()
+_DDL_LOCK = 0x67656E6F  # "geno": the advisory lock key taken while creating tables
 
 source_rows = sa.Table(
     "source_row",
@@ -35,6 +38,49 @@ source_rows = sa.Table(
     sa.Column("extra", sa.Text, nullable=False, default="{}"),
     sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("md5", "name", "uri", "manifest", name="uq_source_row"),
+)
+
+locations = sa.Table(
+    "location",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("root", sa.Text, nullable=False),
+    sa.Column("is_local", sa.Boolean, nullable=False),
+    sa.Column("deployment", sa.Text, nullable=False, index=True),
+)
+
+artifacts = sa.Table(
+    "artifact",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.Text, nullable=False, unique=True),  # the cache relpath
+    sa.Column("source_md5", sa.String(32), index=True),
+    sa.Column("asset", sa.String(64)),
+    sa.Column("version", sa.String(32)),
+    sa.Column("processor", sa.Text),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("checksum", sa.String(32)),
+    sa.Column("marker", sa.Text),  # the genoflow.json text, once a replica was read
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+replicas = sa.Table(
+    "replica",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("artifact_id", sa.ForeignKey("artifact.id"), nullable=False, index=True),
+    sa.Column("location_id", sa.ForeignKey("location.id"), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("data_type", sa.String(16), nullable=False),
+    sa.Column("link_target", sa.ForeignKey("replica.id", ondelete="SET NULL"), index=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("owner", sa.Text),  # host:pid while pending
+    sa.Column("generation", sa.Text),  # the marker object's identity when registered
+    sa.Column("verified_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("location_id", "path", name="uq_replica_location_path"),
 )
 
 
@@ -87,6 +133,11 @@ class Registry:
         self.url = url
         self.engine = _sqlite_engine(url) if url.startswith("sqlite") else sa.create_engine(url)
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Concurrent CREATE TABLE on PostgreSQL races on its catalogue: serialize it.
+                connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK}
+                )
             metadata.create_all(connection)
 
     def register(self, rows: Iterable[Any]) -> int:
@@ -137,14 +188,22 @@ class Registry:
         self.engine.dispose()
 
 
-def _insert_ignore(engine: Engine) -> sa.Insert:
-    if engine.dialect.name == "postgresql":
+def dialect_insert(dialect: str, table: sa.Table) -> Any:
+    """An INSERT for ``table`` that supports ``on_conflict_do_*`` on SQLite and PostgreSQL.
+
+    Args:
+        dialect: the connection's ``dialect.name``.
+        table: the table to insert into.
+    """
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
 
-        return insert(source_rows).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert
 
-    return insert(source_rows).on_conflict_do_nothing()
+def _insert_ignore(engine: Engine) -> sa.Insert:
+    return dialect_insert(engine.dialect.name, source_rows).on_conflict_do_nothing()
 
 
 def _chunks(values: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:

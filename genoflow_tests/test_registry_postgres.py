@@ -1,0 +1,270 @@
+"""The registry and the DataManager behave the same on SQLite and on a real PostgreSQL server.
+
+The server is started here, once for the module: ``initdb`` and ``postgres`` refuse to run as
+root, so under root they run as the ``postgres`` user (created when missing) in a private folder
+that user owns; the server listens on 127.0.0.1 on a free port, its unix socket inside that
+folder, and is stopped by PID with SIGINT. Every test gets a database of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import glob
+import multiprocessing
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from genoflow.storage.datamanager import DataManager
+from genoflow.storage.layout import ArtifactKey
+from genoflow.storage.locations import DataType, LocalLocation
+from genoflow.storage.registry import Registry
+from genoflow.storage.registry import replicas as replica_table
+from genoflow_tests.test_datamanager import PROCESSES, _register_many, every_replica, local, store
+from genoflow_tests.test_registry import row
+from genoflow_tests.test_transfer import RELPATH, flip_last_byte, publish_artifact, upload_artifact
+
+
+def postgres_binary(name: str) -> str:
+    """``initdb``/``postgres`` from PATH, else from Debian's versioned folder; skip without."""
+    found = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
+    )
+    if found:
+        return found
+    message = f"{name} is not installed: apt-get install postgresql to run the PostgreSQL tests"
+    if os.environ.get("GENOFLOW_REQUIRE_TOOLS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def run_as_postgres() -> dict[str, Any]:
+    """Popen arguments that drop root to the ``postgres`` user (created when missing)."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "postgres"], check=True
+        )
+    return {"user": "postgres", "group": "postgres", "extra_groups": []}
+
+
+@contextlib.contextmanager
+def server_folder(user: dict[str, Any]) -> Iterator[Path]:
+    """A private folder for the server's files, owned by the user it runs as; removed after.
+
+    It is made in the system temp folder, not under pytest's: pytest resets its base folder to
+    0700 whenever a session starts, so a server running as another user there loses access to
+    its own files as soon as a second test session starts on the machine.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="genoflow-postgres-"))
+    try:
+        if user:
+            entry = pwd.getpwnam(user["user"])
+            os.chown(folder, entry.pw_uid, entry.pw_gid)
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_ready(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    engine = sa.create_engine(f"{url}/postgres")
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"postgres exited with {server.returncode}: {log.read_text()}")
+            try:
+                with engine.connect():
+                    return
+            except sa.exc.OperationalError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"postgres did not accept connections: {log.read_text()}")
+                time.sleep(0.1)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server for this module; yields its URL without a database name."""
+    pytest.importorskip(
+        "psycopg2", reason="psycopg2 is not installed (pip install psycopg2-binary)"
+    )
+    initdb, postgres = postgres_binary("initdb"), postgres_binary("postgres")
+    user = run_as_postgres()
+    with server_folder(user) as folder:
+        init = [initdb, "-D", "data", "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]
+        made = subprocess.run([*init, "--locale=C"], cwd=folder, capture_output=True, **user)
+        if made.returncode != 0:
+            pytest.fail(f"initdb failed: {made.stderr.decode(errors='replace')}")
+        port, log = free_port(), folder / "server.log"
+        options = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        command = [postgres, "-D", "data", "-h", "127.0.0.1", "-p", str(port), "-k", str(folder)]
+        with open(log, "wb") as output:
+            server = subprocess.Popen(
+                [*command, *options], cwd=folder, stdout=output, stderr=subprocess.STDOUT, **user
+            )
+        try:
+            url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
+            wait_until_ready(url, server, log)
+            yield url
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=60)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty registry: a SQLite file, or a new database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "registry.sqlite")
+    server = request.getfixturevalue("postgres_server")
+    name = f"registry_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{server}/{name}"
+
+
+@pytest.fixture
+def manager(registry_url: str, tmp_path: Path) -> Iterator[DataManager]:
+    opened = DataManager(registry_url, workdir=tmp_path / "work")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> LocalLocation:
+    publish_artifact(tmp_path / "lab")
+    return LocalLocation("lab-cache", tmp_path / "lab", deployment="lab")
+
+
+def test_registry_uses_the_dialect_of_its_url(registry_url: str) -> None:
+    registry = Registry(registry_url)
+
+    expected = "postgresql" if registry_url.startswith("postgresql") else "sqlite"
+    assert registry.engine.dialect.name == expected
+    registry.close()
+
+
+def test_registering_manifest_rows_twice_adds_them_once(registry_url: str) -> None:
+    registry = Registry(registry_url)
+
+    assert registry.register([row(1), row(2)]) == 2
+    assert registry.register([row(1), row(2)]) == 0
+    assert registry.md5s() == [f"{1:032x}", f"{2:032x}"]
+    registry.close()
+
+
+def test_a_registered_replica_comes_back_with_its_location(
+    manager: DataManager, lab: LocalLocation
+) -> None:
+    replica = manager.register_path(lab, RELPATH, RELPATH)
+    manager.register_path(lab, RELPATH, RELPATH)
+
+    assert [r.id for r in manager.get_data_locations(RELPATH)] == [replica.id]
+    assert (replica.deployment, replica.kind, replica.is_local) == ("lab", "local", True)
+
+
+def test_source_choice_prefers_the_destination_deployment_then_this_node(
+    tmp_path: Path, manager: DataManager, lab: LocalLocation
+) -> None:
+    manager.register_path(lab, RELPATH, RELPATH)
+    bucket = store(tmp_path, "bucket", "cloud")
+    upload_artifact(bucket, lab.path(RELPATH))
+    manager.register_path(bucket, RELPATH, RELPATH)
+
+    assert manager.get_source_location(RELPATH, "cloud").location == "bucket"
+    assert manager.get_source_location(RELPATH, "hpc").location == "lab-cache"
+
+
+def test_invalidation_cascades_to_links_and_hides_them(
+    tmp_path: Path, manager: DataManager, lab: LocalLocation
+) -> None:
+    primary = manager.register_path(lab, RELPATH, RELPATH)
+    [link] = manager.transfer_data(lab, RELPATH, [local(tmp_path, "node", "lab")], RELPATH)
+    assert link.data_type is DataType.SYMBOLIC_LINK
+
+    manager.invalidate_location(lab, RELPATH)
+
+    assert manager.get_data_locations(RELPATH) == []
+    assert {r.id for r in manager.all_replicas(readable=False)} == {primary.id, link.id}
+
+
+def test_fetch_falls_back_to_a_valid_replica_and_invalidates_the_corrupt_one(
+    tmp_path: Path, manager: DataManager, lab: LocalLocation
+) -> None:
+    manager.register_path(lab, RELPATH, RELPATH)
+    [copy] = manager.transfer_data(lab, RELPATH, [store(tmp_path, "bucket", "cloud")], RELPATH)
+    flip_last_byte(lab.path(RELPATH) / "peaks.bed.gz")
+
+    fetched = manager.fetch(RELPATH, local(tmp_path, "node", "lab"))
+
+    assert manager.verify(fetched) == []
+    assert [r.location for r in manager.get_data_locations(RELPATH)] == ["bucket", "node"]
+    assert copy.location == "bucket"
+
+
+def test_reclaim_deletes_an_old_pending_replica_of_another_host(
+    tmp_path: Path, manager: DataManager, lab: LocalLocation
+) -> None:
+    manager.register_path(lab, RELPATH, RELPATH)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    with manager.registry.engine.begin() as connection:
+        connection.execute(
+            sa.update(replica_table).values(state="pending", owner="another-host:1", updated_at=old)
+        )
+
+    assert manager.reclaim_pending(max_age=3 * 3600) == []
+    assert len(manager.reclaim_pending(max_age=3600)) == 1
+    assert every_replica(manager) == []
+
+
+def test_concurrent_registration_from_several_processes_succeeds(
+    registry_url: str, tmp_path: Path
+) -> None:
+    for md5 in range(8):
+        key = ArtifactKey("intervals", f"{md5:032x}", "sorted", "1")
+        publish_artifact(tmp_path / "shared", key=key)
+    DataManager(registry_url, workdir=tmp_path / "work").close()  # tables exist before the race
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(PROCESSES), context.Queue()
+    workers = [
+        context.Process(
+            target=_register_many, args=(registry_url, str(tmp_path), n, barrier, results)
+        )
+        for n in range(PROCESSES)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+
+    assert sorted(outcomes) == [("ok", n) for n in range(PROCESSES)], outcomes
+    manager = DataManager(registry_url, workdir=tmp_path / "work")
+    assert len(manager.all_replicas()) == 8 * (1 + PROCESSES)
+    manager.close()
