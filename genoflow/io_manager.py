@@ -10,7 +10,7 @@ from typing import Any
 
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
-from genoflow.errors import StorageError
+from genoflow.errors import StorageError, redact
 from genoflow.pipeline import Built, key_for, publish
 from genoflow.resources import GenoflowResource
 from genoflow.storage.cache import Artifact
@@ -22,13 +22,26 @@ class ArtifactIOManager(ConfigurableIOManager):
     genoflow: GenoflowResource
 
     def handle_output(self, context: OutputContext, obj: Artifact | Built) -> None:
-        artifact = publish(self.genoflow.cache(), obj) if isinstance(obj, Built) else obj
-        context.add_output_metadata(artifact_metadata(artifact))
+        with self.genoflow.node() as node:
+            if isinstance(obj, Built):
+                artifact = publish(node, obj)
+            else:
+                artifact = obj
+                node.register(artifact)  # completes replication a failed run left undone
+            metadata = artifact_metadata(artifact)
+            metadata["replicas"] = MetadataValue.json(
+                [
+                    {"uri": redact(r.uri), "type": str(r.data_type), "deployment": r.deployment}
+                    for r in node.replicas_of(artifact.key)
+                ]
+            )
+        context.add_output_metadata(metadata)
 
     def load_input(self, context: InputContext) -> Artifact:
         family, asset = context.asset_key.path
         md5 = context.asset_partition_key
-        artifact = self.genoflow.cache().lookup(key_for(family, md5, asset))
+        with self.genoflow.node() as node:
+            artifact = node.obtain(key_for(family, md5, asset))
         if artifact is None:
             raise StorageError(
                 f"{family}/{asset} is not in the cache for this md5",

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from genoflow import formats
 from genoflow.checksums import md5_file
@@ -22,7 +23,7 @@ from genoflow.errors import redact
 from genoflow.processors import alignments, intervals
 from genoflow.processors.base import Result, SortCheck, tool_versions
 from genoflow.storage import staging
-from genoflow.storage.cache import Artifact, Cache, Draft, FileEntry, content_checksum
+from genoflow.storage.cache import Artifact, Draft, FileEntry, content_checksum
 from genoflow.storage.layout import ArtifactKey
 from genoflow.storage.registry import SourceRow
 
@@ -33,6 +34,15 @@ CHAINS: dict[str, tuple[str, ...]] = {
     "passthrough": ("source",),
 }
 _PROCESSORS = {"alignments": alignments, "intervals": intervals}
+
+
+class Store(Protocol):
+    """Where artifacts are built: the local :class:`Cache`, or a replica-aware ``Node``."""
+
+    def begin(self, key: ArtifactKey) -> Artifact | Draft: ...
+    def discard(self, draft: Draft) -> None: ...
+    def publish(self, draft: Draft, **kwargs: Any) -> Artifact: ...
+    def workdir(self, label: str) -> AbstractContextManager[Path]: ...
 
 
 def version_of(family: str, asset: str) -> str:
@@ -72,7 +82,7 @@ class Built:
         return content_checksum(self.entries)
 
 
-def publish(cache: Cache, built: Built) -> Artifact:
+def publish(cache: Store, built: Built) -> Artifact:
     """Publish a built draft atomically (or adopt the copy another builder published first)."""
     return cache.publish(
         built.draft,
@@ -85,7 +95,7 @@ def publish(cache: Cache, built: Built) -> Artifact:
 
 
 def _build(
-    cache: Cache,
+    cache: Store,
     key: ArtifactKey,
     make: Callable[[Draft], tuple[str, dict[str, Any]]],
     upstream: Artifact | None = None,
@@ -105,7 +115,7 @@ def _build(
     return Built(found, processor, details, inputs, time.perf_counter() - started)
 
 
-def build_source(cache: Cache, rows: Sequence[SourceRow], *, md5: str) -> Artifact | Built:
+def build_source(cache: Store, rows: Sequence[SourceRow], *, md5: str) -> Artifact | Built:
     """Stage the first replica that verifies, confirm its format by content, keep it."""
     first = rows[0]
     key = key_for(first.family, md5, "source")
@@ -113,7 +123,7 @@ def build_source(cache: Cache, rows: Sequence[SourceRow], *, md5: str) -> Artifa
 
     def make(draft: Draft) -> tuple[str, dict[str, Any]]:
         staged, uri = staging.stage(
-            list(dict.fromkeys(row.uri for row in rows)),
+            replica_order(row.uri for row in rows),
             draft.dir / "staged",
             md5=md5,
             size=size,
@@ -140,6 +150,15 @@ def build_source(cache: Cache, rows: Sequence[SourceRow], *, md5: str) -> Artifa
     return _build(cache, key, make)
 
 
+def replica_order(uris: Iterable[str]) -> list[str]:
+    """Distinct source URIs, cheapest first: local files, then gs://, then http(s)://."""
+    rank = {"gs": 1, "http": 2, "https": 2}
+    distinct = list(dict.fromkeys(uris))
+    return sorted(
+        distinct, key=lambda uri: rank.get(uri.split("://", 1)[0], 0) if "://" in uri else 0
+    )
+
+
 def _staged_name(fmt: str, container: str) -> str:
     suffix = formats.FORMAT_SUFFIX[fmt]
     if fmt != "bam" and container in ("gzip", "bgzf"):
@@ -147,7 +166,7 @@ def _staged_name(fmt: str, container: str) -> str:
     return f"source.{suffix}"
 
 
-def build_sorted(cache: Cache, source: Artifact, settings: Settings) -> Artifact | Built:
+def build_sorted(cache: Store, source: Artifact, settings: Settings) -> Artifact | Built:
     """Sort (and for alignments convert to BAM) and BGZF-compress the staged source."""
     family, fmt, name = _facts(source)
     key = key_for(family, source.key.md5, "sorted")
@@ -180,7 +199,7 @@ def build_sorted(cache: Cache, source: Artifact, settings: Settings) -> Artifact
     return _build(cache, key, make, source)
 
 
-def build_index(cache: Cache, sorted_: Artifact, settings: Settings) -> Artifact | Built:
+def build_index(cache: Store, sorted_: Artifact, settings: Settings) -> Artifact | Built:
     """Index the sorted artifact; the index folder holds the data file beside its index."""
     family, fmt, name = _facts(sorted_)
     key = key_for(family, sorted_.key.md5, "index")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from dagster import ConfigurableResource
 from pydantic import Field
 
 from genoflow.config import Settings
 from genoflow.storage.cache import Cache
+from genoflow.storage.node import Node, open_node
 from genoflow.storage.registry import Registry
 
 
@@ -36,6 +39,10 @@ class GenoflowResource(ConfigurableResource):
 
     def cache(self) -> Cache:
         return Cache(self.settings().cache_root)
+
+    def node(self) -> contextlib.AbstractContextManager[Node]:
+        """This node's cache, replica locations and DataManager (closed on exit)."""
+        return open_node(self.settings())
 
     def registry(self) -> Registry:
         return Registry(self.settings().registry_target)

@@ -36,7 +36,8 @@ class Outcome:
 
     md5: str
     family: str
-    assets: dict[str, str] = field(default_factory=dict)  # built | cached | failed | skipped
+    # built | cached | transferred | failed | skipped
+    assets: dict[str, str] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
@@ -44,7 +45,8 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and all(s in ("built", "cached") for s in self.assets.values())
+        done = ("built", "cached", "transferred")
+        return self.error is None and all(s in done for s in self.assets.values())
 
 
 def quiet_warnings() -> None:
@@ -97,7 +99,8 @@ def run_one(md5: str, family: str) -> Outcome:
     for event in result.get_asset_materialization_events():
         asset = event.asset_key.path[-1]
         cache = event.materialization.metadata.get("cache")
-        outcome.assets[asset] = "cached" if cache and cache.value == "hit" else "built"
+        status = {"hit": "cached", "transferred": "transferred"}
+        outcome.assets[asset] = status.get(cache.value if cache else "", "built")
     for evaluation in result.get_asset_check_evaluations():
         outcome.checks[f"{evaluation.asset_key.path[-1]}:{evaluation.check_name}"] = (
             evaluation.passed

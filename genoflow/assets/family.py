@@ -23,6 +23,7 @@ from genoflow.pipeline import (
 )
 from genoflow.resources import GenoflowResource
 from genoflow.storage.cache import Artifact
+from genoflow.storage.node import Node
 
 DESCRIPTIONS = {
     "source": "The source file staged from its best replica, md5- and size-verified.",
@@ -37,13 +38,16 @@ DESCRIPTIONS = {
 }
 
 
-def _output(result: Artifact | Built, started: float) -> Output:
-    hit = isinstance(result, Artifact)
+def _output(result: Artifact | Built, started: float, node: Node) -> Output:
+    if isinstance(result, Built):
+        cache = "miss"
+    else:
+        cache = "transferred" if result.key in node.transferred else "hit"
     return Output(
         result,
         data_version=DataVersion(result.checksum),
         metadata={
-            "cache": "hit" if hit else "miss",
+            "cache": cache,
             "seconds": round(time.perf_counter() - started, 3),
         },
     )
@@ -77,7 +81,8 @@ def family_assets(family: str) -> list[AssetsDefinition]:
                 file=md5,
                 hint="add the file to a manifest and run `genoflow run MANIFEST`",
             )
-        return _output(build_source(genoflow.cache(), rows, md5=md5), started)
+        with genoflow.node() as node:
+            return _output(build_source(node, rows, md5=md5), started, node)
 
     if CHAINS[family] == ("source",):
         return [source]
@@ -85,11 +90,13 @@ def family_assets(family: str) -> list[AssetsDefinition]:
     @asset(ins={"source": AssetIn(key=[family, "source"])}, **_spec(family, "sorted"))
     def sorted_(genoflow: GenoflowResource, source: Artifact) -> Output:
         started = time.perf_counter()
-        return _output(build_sorted(genoflow.cache(), source, genoflow.settings()), started)
+        with genoflow.node() as node:
+            return _output(build_sorted(node, source, node.settings), started, node)
 
     @asset(ins={"sorted_": AssetIn(key=[family, "sorted"])}, **_spec(family, "index"))
     def index(genoflow: GenoflowResource, sorted_: Artifact) -> Output:
         started = time.perf_counter()
-        return _output(build_index(genoflow.cache(), sorted_, genoflow.settings()), started)
+        with genoflow.node() as node:
+            return _output(build_index(node, sorted_, node.settings), started, node)
 
     return [source, sorted_, index]

@@ -1,0 +1,103 @@
+"""Two deployments sharing a registry and a GCS bucket: the second transfers, never rebuilds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, instance_for_test, materialize
+
+from genoflow.assets import family_assets, family_checks
+from genoflow.io_manager import ArtifactIOManager
+from genoflow.manifest import read_manifest
+from genoflow.partitions import PARTITIONS
+from genoflow.pipeline import key_for
+from genoflow.resources import GenoflowResource
+from genoflow.storage.gcs import make_filesystem
+from genoflow.storage.registry import Registry
+
+from .conftest import DATA
+from .gcs_emulator import GcsEmulator, gcs_bucket, gcs_emulator  # noqa: F401
+
+# ruff: noqa: F811 - pytest fixtures imported from the emulator module
+
+DEMO = DATA / "manifests" / "demo.tsv"
+
+
+@pytest.fixture
+def shared(tmp_path: Path, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -> dict:
+    registry = tmp_path / "shared-registry.db"
+    monkeypatch.setenv("GENOFLOW_REGISTRY_URL", f"sqlite:///{registry}")
+    monkeypatch.setenv("GENOFLOW_REPLICAS", f"gs://{gcs_bucket}/genoflow")
+    rows = [row for row in read_manifest(DEMO).rows if row.name == "enhancers.bed"]
+    Registry(registry).register(rows)
+    return {"md5": rows[0].md5, "bucket": gcs_bucket, "registry": registry}
+
+
+def _run(home: Path, deployment: str, md5: str, instance: DagsterInstance, monkeypatch):
+    monkeypatch.setenv("GENOFLOW_DEPLOYMENT", deployment)
+    genoflow = GenoflowResource(home=str(home), sort_memory="64M", threads=1)
+    return materialize(
+        [*family_assets("intervals"), *family_checks("intervals")],
+        partition_key=md5,
+        resources={
+            "genoflow": genoflow,
+            "artifact_io_manager": ArtifactIOManager(genoflow=genoflow),
+        },
+        instance=instance,
+    )
+
+
+def _cache_status(result, asset: str) -> str:
+    return result.asset_materializations_for_node(f"intervals__{asset}")[0].metadata["cache"].value
+
+
+def test_a_second_deployment_gets_every_artifact_by_transfer(tmp_path, shared, monkeypatch) -> None:
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(PARTITIONS["intervals"].name, [shared["md5"]])
+        first = _run(tmp_path / "a", "site-a", shared["md5"], instance, monkeypatch)
+        second = _run(tmp_path / "b", "site-b", shared["md5"], instance, monkeypatch)
+    assert first.success and second.success
+    assert {_cache_status(first, a) for a in ("source", "sorted", "index")} == {"miss"}
+    assert {_cache_status(second, a) for a in ("source", "sorted", "index")} == {"transferred"}
+    checks = second.get_asset_check_evaluations()
+    assert checks and all(check.passed for check in checks)
+    replicas = second.asset_materializations_for_node("intervals__index")[0].metadata["replicas"]
+    uris = {replica["uri"] for replica in replicas.value}
+    assert any(uri.startswith(f"gs://{shared['bucket']}/genoflow/intervals/") for uri in uris)
+    assert any(uri.startswith(str(tmp_path / "a")) for uri in uris)
+    assert any(uri.startswith(str(tmp_path / "b")) for uri in uris)
+
+
+def test_a_corrupt_replica_is_never_used_and_is_repaired_by_the_rebuild(
+    tmp_path, shared, monkeypatch, gcs_emulator: GcsEmulator
+) -> None:
+    key = key_for("intervals", shared["md5"], "sorted")
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(PARTITIONS["intervals"].name, [shared["md5"]])
+        assert _run(tmp_path / "a", "site-a", shared["md5"], instance, monkeypatch).success
+        built = tmp_path / "a" / "cache" / key.relpath
+        data = next(p for p in built.iterdir() if p.name.endswith(".gz"))
+        remote = gcs_emulator.object_file(shared["bucket"], f"genoflow/{key.relpath}/{data.name}")
+        flipped = bytearray(remote.read_bytes())
+        flipped[100] ^= 0xFF
+        # Another writer replaces the object with same-size, different bytes.
+        fs = make_filesystem(token="anon")
+        fs.pipe_file(f"{shared['bucket']}/genoflow/{key.relpath}/{data.name}", bytes(flipped))
+        second = _run(tmp_path / "b", "site-b", shared["md5"], instance, monkeypatch)
+    assert second.success
+    assert _cache_status(second, "source") == "transferred"
+    assert _cache_status(second, "sorted") == "miss"
+    rebuilt = tmp_path / "b" / "cache" / key.relpath / data.name
+    assert rebuilt.read_bytes() == data.read_bytes()
+    dm_rows = (
+        Registry(shared["registry"])
+        .engine.connect()
+        .exec_driver_sql(
+            "SELECT r.data_type FROM replica r JOIN location l ON l.id = r.location_id "
+            "JOIN artifact a ON a.id = r.artifact_id WHERE l.kind = 'gcs' AND a.key = ?",
+            (str(key.relpath),),
+        )
+    )
+    assert {row[0] for row in dm_rows} == {"PRIMARY"}
+    assert remote.read_bytes() == data.read_bytes()  # the rebuild re-published the good bytes
