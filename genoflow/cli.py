@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the artifacts of registered sources")
     status.add_argument("select", nargs="*", help="names or md5s (default: every source)")
     status.add_argument("--json", action="store_true", help="print JSON (a list of objects)")
+    verify = commands.add_parser("verify", help="check every registered replica")
+    verify.add_argument("--repair", action="store_true", help="restore bad replicas from good ones")
+    verify.add_argument("--quick", action="store_true", help="sizes only, no checksums")
     dev = commands.add_parser("dev", help="start the Dagster UI on this project's instance")
     dev.add_argument("args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
     return parser
@@ -45,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args.manifests, settings, jobs=args.jobs, as_json=args.json)
     if args.command == "status":
         return cmd_status(args.select, settings, as_json=args.json)
+    if args.command == "verify":
+        return cmd_verify(settings, repair=args.repair, full=not args.quick)
     return cmd_dev(args.args, settings)
 
 
@@ -94,20 +99,31 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
 
 def cmd_status(select: Sequence[str], settings: Settings, *, as_json: bool) -> int:
     """Print each registered source's artifacts (``--json``: the documented list shape)."""
-    from genoflow.storage.cache import Cache
-    from genoflow.storage.registry import Registry
+    from genoflow.storage.node import open_node
 
     if settings.registry_url is None and not settings.registry_path.exists():
         records = []
     else:
-        registry = Registry(settings.registry_target)
-        records = status_records(registry.rows(), Cache(settings.cache_root), select)
+        with open_node(settings) as node:
+            records = status_records(node.dm.registry.rows(), node, select)
     print_status(records, as_json=as_json)
     missing = set(select) - {r["name"] for r in records} - {r["md5"] for r in records}
     if missing:
         print(f"genoflow: not registered: {', '.join(sorted(missing))}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_verify(settings: Settings, *, repair: bool, full: bool) -> int:
+    """Check every registered replica this node can reach; invalidate (and repair) bad ones."""
+    from genoflow.report import print_verify
+    from genoflow.storage.node import open_node
+
+    with open_node(settings) as node:
+        outcomes = node.verify_all(repair=repair, full=full)
+    print_verify(outcomes)
+    unrepaired = [o for o in outcomes if o.problems and o.restored is None]
+    return 1 if unrepaired else 0
 
 
 def cmd_dev(extra: Sequence[str], settings: Settings) -> int:

@@ -7,8 +7,10 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from genoflow.errors import redact
 from genoflow.pipeline import CHAINS, key_for
-from genoflow.storage.cache import Cache
+from genoflow.storage.datamanager import RepairOutcome
+from genoflow.storage.node import Node
 from genoflow.storage.registry import SourceRow
 
 ASSETS = ("source", "sorted", "index")
@@ -68,7 +70,7 @@ def print_summary(sources: dict[str, list[Any]], outcomes: Sequence[Any], *, as_
     print_errors(r["error"] for r in records if r["error"])
 
 
-def status_records(rows: Sequence[SourceRow], cache: Cache, select: Sequence[str]) -> list[dict]:
+def status_records(rows: Sequence[SourceRow], node: Node, select: Sequence[str]) -> list[dict]:
     """One record per (name, md5): its family, format and each asset's artifact (or None)."""
     wanted = set(select)
     records: dict[tuple[str, str], dict[str, Any]] = {}
@@ -79,7 +81,12 @@ def status_records(rows: Sequence[SourceRow], cache: Cache, select: Sequence[str
             continue
         assets = {}
         for asset in CHAINS[row.family]:
-            artifact = cache.lookup(key_for(row.family, row.md5, asset))
+            key = key_for(row.family, row.md5, asset)
+            artifact = node.lookup(key)
+            replicas = [
+                {"uri": redact(r.uri), "type": str(r.data_type), "deployment": r.deployment}
+                for r in node.replicas_of(key)
+            ]
             assets[asset] = None
             if artifact is not None:
                 assets[asset] = {
@@ -87,6 +94,15 @@ def status_records(rows: Sequence[SourceRow], cache: Cache, select: Sequence[str
                     "files": [str(path) for path in artifact.files],
                     "version": artifact.key.version,
                     "valid": True,
+                    "replicas": replicas,
+                }
+            elif replicas:
+                assets[asset] = {
+                    "path": None,
+                    "files": [],
+                    "version": key.version,
+                    "valid": False,
+                    "replicas": replicas,
                 }
         records[row.name, row.md5] = {
             "name": row.name,
@@ -114,4 +130,21 @@ def _cell(assets: dict[str, Any], asset: str) -> str:
     if asset not in assets:
         return "-"
     artifact = assets[asset]
-    return f"v{artifact['version']}" if artifact else "missing"
+    if not artifact:
+        return "missing"
+    copies = len(artifact["replicas"])
+    where = "here" if artifact["valid"] else "elsewhere"
+    return f"v{artifact['version']} {where} ({copies} replica{'s' if copies != 1 else ''})"
+
+
+def print_verify(outcomes: Sequence[RepairOutcome]) -> None:
+    """One line per bad replica, then a summary."""
+    for outcome in outcomes:
+        if outcome.problems:
+            state = "restored" if outcome.restored else "INVALID"
+            problems = "; ".join(outcome.problems)
+            print(f"{state:8}  {redact(outcome.replica.uri)}: {problems}")
+    bad = sum(1 for o in outcomes if o.problems)
+    fixed = sum(1 for o in outcomes if o.restored)
+    intact = len(outcomes) - bad
+    print(f"{len(outcomes)} replicas checked, {intact} intact, {bad} bad, {fixed} restored")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,38 @@ def test_a_corrupt_replica_is_never_used_and_is_repaired_by_the_rebuild(
     )
     assert {row[0] for row in dm_rows} == {"PRIMARY"}
     assert remote.read_bytes() == data.read_bytes()  # the rebuild re-published the good bytes
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GENOFLOW_HOME": str(home), "GENOFLOW_THREADS": "1"}
+    env.pop("DAGSTER_HOME", None)
+    return subprocess.run(
+        [sys.executable, "-m", "genoflow.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_verify_finds_a_damaged_local_copy_and_repair_restores_it(tmp_path, shared) -> None:
+    manifest = tmp_path / "m.tsv"
+    row = next(r for r in read_manifest(DEMO).rows if r.name == "enhancers.bed")
+    manifest.write_text(f"name\turi\tmd5\nenhancers.bed\t{row.uri}\t{row.md5}\n")
+    home = tmp_path / "home"
+    assert _cli(home, "run", str(manifest)).returncode == 0
+    assert _cli(home, "verify").returncode == 0
+    key = key_for("intervals", row.md5, "sorted")
+    data = next((home / "cache" / key.relpath).glob("*.gz"))
+    good = data.read_bytes()
+    flipped = bytearray(good)
+    flipped[100] ^= 0xFF
+    data.write_bytes(bytes(flipped))
+
+    found = _cli(home, "verify")
+    assert found.returncode == 1
+    assert "INVALID" in found.stdout and str(key.relpath) in found.stdout
+    repaired = _cli(home, "verify", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert data.read_bytes() == good
+    assert _cli(home, "verify").returncode == 0

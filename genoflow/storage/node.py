@@ -17,10 +17,10 @@ from typing import Any
 from genoflow.config import Settings
 from genoflow.errors import StorageError
 from genoflow.storage.cache import Artifact, Cache, Draft
-from genoflow.storage.datamanager import DataManager
+from genoflow.storage.datamanager import DataManager, RepairOutcome
 from genoflow.storage.layout import ArtifactKey
 from genoflow.storage.locations import DataType, LocalLocation, Location
-from genoflow.storage.replicas import Replica
+from genoflow.storage.replicas import Replica, ReplicaState
 
 
 def install_readers() -> None:
@@ -116,6 +116,26 @@ class Node:
 
     def replicas_of(self, key: ArtifactKey) -> list[Replica]:
         return self.dm.get_data_locations(str(key.relpath))
+
+    def verify_all(self, *, repair: bool, full: bool = True) -> list[RepairOutcome]:
+        """Verify every registered replica reachable from here; invalidate bad ones.
+
+        With ``repair``, a bad replica is restored from a valid one; a replica that cannot be
+        restored is reported with the reason and stays INVALID.
+        """
+        outcomes = []
+        for replica in self.dm.all_replicas(readable=False):
+            if replica.state is ReplicaState.PENDING or self.dm.location(replica.location) is None:
+                continue  # being written, or another node's disk: that node verifies it
+            if replica.data_type is DataType.INVALID and not repair:
+                problem = "invalidated earlier; run `genoflow verify --repair` to restore it"
+                outcomes.append(RepairOutcome(replica, [problem]))
+                continue
+            try:
+                outcomes.append(self.dm.repair(replica, full=full, restore=repair))
+            except StorageError as exc:
+                outcomes.append(RepairOutcome(replica, [exc.message]))
+        return outcomes
 
 
 @contextlib.contextmanager
