@@ -1,0 +1,99 @@
+"""Sources named by signed https URLs and gs:// URIs, end to end through `genoflow run`.
+
+The promise checked here: a signed URL's token never reaches the CLI's output, `status`, the
+materialization metadata or the Dagster event log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import DATA
+from .gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
+from .signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
+
+# ruff: noqa: F811 - pytest fixtures imported from their modules
+
+GTF = DATA / "demo" / "genes.gtf"
+
+
+def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full = {**os.environ, "GENOFLOW_HOME": str(home), "GENOFLOW_THREADS": "1", **(env or {})}
+    full.pop("DAGSTER_HOME", None)
+    return subprocess.run(
+        [sys.executable, "-m", "genoflow.cli", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _everything_written(home: Path) -> bytes:
+    """Every byte under the Dagster instance (event logs, runs) — where the UI reads from."""
+    return b"".join(p.read_bytes() for p in (home / "dagster").rglob("*") if p.is_file())
+
+
+def test_a_signed_url_source_is_built_and_its_token_shown_nowhere(
+    tmp_path: Path, signed_url_server: SignedUrlServer
+) -> None:
+    data = GTF.read_bytes()
+    signed_url_server.put("genes.gtf", data)
+    url = signed_url_server.url("genes.gtf")
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"name\turi\tmd5\ngenes.gtf\t{url}\t{hashlib.md5(data).hexdigest()}\n")
+    home = tmp_path / "home"
+
+    run = _cli(home, "run", str(manifest), "--json")
+    status = _cli(home, "status", "--json")
+
+    assert run.returncode == 0, run.stderr
+    assert '"built"' in run.stdout
+    secret = signed_url_server.secret
+    for text in (run.stdout, run.stderr, status.stdout, status.stderr):
+        assert secret not in text
+    assert secret.encode() not in _everything_written(home)
+
+
+def test_an_expired_signed_url_fails_fast_with_a_clear_message(
+    tmp_path: Path, signed_url_server: SignedUrlServer
+) -> None:
+    data = GTF.read_bytes()
+    signed_url_server.put("genes.gtf", data)
+    url = signed_url_server.url("genes.gtf", expired=True)
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"name\turi\tmd5\ngenes.gtf\t{url}\t{hashlib.md5(data).hexdigest()}\n")
+    home = tmp_path / "home"
+
+    run = _cli(home, "run", str(manifest))
+
+    assert run.returncode == 1
+    assert "HTTP 403" in run.stderr
+    assert signed_url_server.expired_secret not in run.stdout + run.stderr
+    assert len(signed_url_server.requests_for("genes.gtf")) == 1
+
+
+def test_a_gs_source_is_staged_through_gcsfs(tmp_path: Path, gcs_emulator: GcsEmulator) -> None:
+    bucket = "sources"
+    gcs_emulator.create_bucket(bucket)
+    data = GTF.read_bytes()
+    env = {"STORAGE_EMULATOR_HOST": gcs_emulator.endpoint}
+    from genoflow.storage.gcs import make_filesystem
+
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    make_filesystem(endpoint_url=gcs_emulator.endpoint, token="anon").pipe_file(
+        f"{bucket}/inputs/genes.gtf", data
+    )
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(
+        f"name\turi\tmd5\ngenes.gtf\tgs://{bucket}/inputs/genes.gtf\t{hashlib.md5(data).hexdigest()}\n"
+    )
+
+    run = _cli(tmp_path / "home", "run", str(manifest), "--json", env=env)
+
+    assert run.returncode == 0, run.stderr
+    assert '"built"' in run.stdout
