@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import filelock
 from dagster import BetaWarning, DagsterInstance, PreviewWarning
 from dagster._core.errors import DagsterError
 from dagster._utils.error import SerializableErrorInfo
@@ -56,9 +57,19 @@ def quiet_warnings() -> None:
 
 
 def open_instance(settings: Settings) -> DagsterInstance:
-    """The Dagster instance under ``settings.dagster_home`` (created on first use)."""
-    os.environ["DAGSTER_HOME"] = str(settings.ensure_dagster_home())
-    return DagsterInstance.get()
+    """The Dagster instance under ``settings.dagster_home`` (created on first use).
+
+    Creating the SQLite storages is not safe when several ``genoflow run`` start at once (each
+    stamps the same schema version), so the first use happens under a file lock.
+    """
+    home = settings.ensure_dagster_home()
+    os.environ["DAGSTER_HOME"] = str(home)
+    with filelock.FileLock(str(home / ".init.lock")):
+        instance = DagsterInstance.get()
+        instance.get_runs(limit=1)
+        instance.get_dynamic_partitions(PARTITIONS["passthrough"].name)
+        instance.all_instigator_state()
+    return instance
 
 
 def add_partitions(instance: DagsterInstance, by_family: dict[str, list[str]]) -> int:

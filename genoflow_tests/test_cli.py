@@ -139,3 +139,26 @@ def _md5(path: Path) -> str:
     import hashlib
 
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_concurrent_runs_on_one_home_all_succeed_and_leave_one_artifact_each(tmp_path) -> None:
+    manifest = tmp_path / "m.tsv"
+    rows = [row for row in read_manifest(DEMO).rows if row.name in ("genes.gtf", "samples.csv")]
+    manifest.write_text("name\turi\tmd5\n" + "".join(f"{r.name}\t{r.uri}\t{r.md5}\n" for r in rows))
+    home = tmp_path / "home"
+    env = {**os.environ, "GENOFLOW_HOME": str(home), "GENOFLOW_THREADS": "1"}
+    env.pop("DAGSTER_HOME", None)
+    command = [sys.executable, "-m", "genoflow.cli", "run", str(manifest)]
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    outcomes = [(run.wait(timeout=600), run.stderr.read().decode()) for run in runs]
+    for run in runs:
+        run.stdout.close()
+        run.stderr.close()
+    assert [code for code, _ in outcomes] == [0, 0, 0, 0], outcomes
+    markers = list((home / "cache").rglob("genoflow.json"))
+    assert len(markers) == 4  # genes.gtf: source, sorted, index; samples.csv: source
+    debris = [p for p in (home / "cache").rglob("*") if ".tmp." in p.name or p.suffix == ".lock"]
+    assert debris == []
