@@ -62,7 +62,9 @@ def load_manifests(paths: Sequence[Path]) -> tuple[Manifest, list[str]]:
             readable.append(path)
         except ManifestError as exc:
             problems.append(str(exc))
-    manifest = read_manifests(readable)
+    from genoflow.storage.gcs import gs_md5
+
+    manifest = read_manifests(readable, md5_lookup=gs_md5)
     problems += [f"[manifest] invalid row {error}" for error in manifest.errors]
     return manifest, problems
 

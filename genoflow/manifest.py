@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,12 +105,15 @@ class Manifest:
         return groups
 
 
-def read_manifest(path: str | Path) -> Manifest:
+Md5Lookup = Callable[[str], str | None]
+
+
+def read_manifest(path: str | Path, *, md5_lookup: Md5Lookup | None = None) -> Manifest:
     """Read one manifest; see :func:`read_manifests`."""
-    return read_manifests([path])
+    return read_manifests([path], md5_lookup=md5_lookup)
 
 
-def read_manifests(paths: Iterable[str | Path]) -> Manifest:
+def read_manifests(paths: Iterable[str | Path], *, md5_lookup: Md5Lookup | None = None) -> Manifest:
     """Read manifests and validate their rows together.
 
     A row is dropped (and reported) when a required field (name, uri, md5) is missing, the md5
@@ -118,6 +121,11 @@ def read_manifests(paths: Iterable[str | Path]) -> Manifest:
     whole number of bytes, or the uri is unsupported. Across all the manifests, a name given
     two different md5s drops *every* row with that name (which one is right cannot be told);
     rows whose md5 was already seen with another format are dropped, the first one kept.
+
+    Args:
+        paths: the manifests.
+        md5_lookup: for ``gs://`` rows whose md5 is left empty, a function returning the
+            object's md5 (its ``md5Hash``); without one, the md5 is required on every row.
 
     Raises:
         ManifestError: a manifest cannot be read or parsed at all (the first such one).
@@ -128,7 +136,7 @@ def read_manifests(paths: Iterable[str | Path]) -> Manifest:
     for manifest in manifests:
         base = Path(os.path.abspath(manifest)).parent
         for line, fields in load_records(manifest):
-            outcome = _validate(fields, manifest=manifest, line=line, base=base)
+            outcome = _validate(fields, manifest=manifest, line=line, base=base, lookup=md5_lookup)
             (rows if isinstance(outcome, ManifestRow) else errors).append(outcome)
     rows, conflicts = _cross_check(rows)
     order = {manifest: index for index, manifest in enumerate(manifests)}
@@ -193,14 +201,34 @@ def _resolve(uri: str, base: Path) -> tuple[str, str | None]:
         return "", exc.message
 
 
+def _lookup_md5(uri: str, lookup: Md5Lookup | None) -> tuple[str, str | None]:
+    """The md5 of a ``gs://`` row left empty, from the object's own md5Hash."""
+    if lookup is None or not uri.startswith("gs://"):
+        return "", None
+    try:
+        found = lookup(uri)
+    except GenoflowError as exc:
+        return "", f"md5 left empty and the object's md5Hash could not be read: {exc.message}"
+    if not found:
+        return "", "md5 left empty but the object has no md5Hash (composite upload): give it"
+    return found.lower(), None
+
+
 def _validate(
-    fields: dict[str, str] | str, *, manifest: Path, line: int, base: Path
+    fields: dict[str, str] | str,
+    *,
+    manifest: Path,
+    line: int,
+    base: Path,
+    lookup: Md5Lookup | None = None,
 ) -> ManifestRow | RowError:
     if isinstance(fields, str):
         return RowError(manifest, line, fields)
     values = {column: value.strip() for column, value in fields.items()}
     name, uri, md5 = values.get("name", ""), values.get("uri", ""), values.get("md5", "").lower()
     resolved, uri_problem = _resolve(uri, base) if uri else ("", None)
+    if not md5 and resolved and not uri_problem:
+        md5, uri_problem = _lookup_md5(resolved, lookup)
     # With neither name nor uri, "missing required fields" already says enough.
     fmt, format_problem = (
         _format(values.get("format", ""), name, uri) if name or uri else ("", None)

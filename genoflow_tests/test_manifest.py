@@ -489,3 +489,35 @@ def test_fuzzed_bytes_yield_rows_or_a_manifest_error(
 )
 def test_fuzzed_json_objects_yield_rows_or_errors(tmp_path: Path, items: list[dict]) -> None:
     _read_or_manifest_error(write_text(tmp_path / "fuzz.json", json.dumps(items)))
+
+
+def test_an_empty_md5_on_a_gs_row_is_taken_from_the_lookup(tmp_path: Path) -> None:
+    path = tmp_path / "m.tsv"
+    path.write_text("name\turi\tmd5\na.bed\tgs://b/a.bed\t\nb.bed\tb.bed\t\n")
+    seen = []
+
+    def lookup(uri: str) -> str:
+        seen.append(uri)
+        return "AB" * 16
+
+    manifest = read_manifest(path, md5_lookup=lookup)
+
+    assert [row.md5 for row in manifest.rows] == ["ab" * 16]
+    assert seen == ["gs://b/a.bed"]
+    assert "missing required field(s) md5" in str(manifest.errors[0])
+
+
+def test_an_unreadable_md5hash_is_a_row_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.tsv"
+    path.write_text("name\turi\tmd5\na.bed\tgs://b/a.bed\t\nc.bed\tgs://b/c.bed\t\n")
+
+    def lookup(uri: str) -> str | None:
+        if uri.endswith("a.bed"):
+            raise SourceError("object not found", file=uri)
+        return None
+
+    manifest = read_manifest(path, md5_lookup=lookup)
+
+    assert manifest.rows == []
+    assert "object not found" in str(manifest.errors[0])
+    assert "no md5Hash" in str(manifest.errors[1])

@@ -7,6 +7,7 @@ materialization metadata or the Dagster event log.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -90,10 +91,14 @@ def test_a_gs_source_is_staged_through_gcsfs(tmp_path: Path, gcs_emulator: GcsEm
     )
     manifest = tmp_path / "m.tsv"
     manifest.write_text(
-        f"name\turi\tmd5\ngenes.gtf\tgs://{bucket}/inputs/genes.gtf\t{hashlib.md5(data).hexdigest()}\n"
+        "name\turi\tmd5\n"
+        f"genes.gtf\tgs://{bucket}/inputs/genes.gtf\t{hashlib.md5(data).hexdigest()}\n"
+        f"same-genes.gtf\tgs://{bucket}/inputs/genes.gtf\t\n"  # md5 from the object's md5Hash
     )
 
     run = _cli(tmp_path / "home", "run", str(manifest), "--json", env=env)
 
     assert run.returncode == 0, run.stderr
-    assert '"built"' in run.stdout
+    records = {record["name"]: record for record in json.loads(run.stdout)}
+    assert records["same-genes.gtf"]["md5"] == hashlib.md5(data).hexdigest()
+    assert set(records["genes.gtf"]["assets"].values()) == {"built"}
