@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from genoflow import formats
 from genoflow.checksums import md5_file
 from genoflow.config import Settings
-from genoflow.errors import redact
+from genoflow.errors import GenoflowError, SourceError, redact
 from genoflow.processors import alignments, intervals
 from genoflow.processors.base import Result, SortCheck, tool_versions
 from genoflow.storage import staging
@@ -123,7 +123,7 @@ def build_source(cache: Store, rows: Sequence[SourceRow], *, md5: str) -> Artifa
 
     def make(draft: Draft) -> tuple[str, dict[str, Any]]:
         staged, uri = staging.stage(
-            replica_order(row.uri for row in rows),
+            replica_order(full_uri(row) for row in rows),
             draft.dir / "staged",
             md5=md5,
             size=size,
@@ -148,6 +148,39 @@ def build_source(cache: Store, rows: Sequence[SourceRow], *, md5: str) -> Artifa
         return "genoflow.storage.staging.stage", details
 
     return _build(cache, key, make)
+
+
+def full_uri(row: SourceRow) -> str:
+    """A row's URI with its token: the registry keeps only ``https://host/path?…``.
+
+    The token lives in the manifest alone, so it is read back from the manifest line the row
+    was registered from.
+
+    Raises:
+        SourceError: the manifest no longer lists that row.
+    """
+    if not row.uri.endswith("?…"):
+        return row.uri
+    from genoflow.manifest import read_manifest
+
+    try:
+        rows = read_manifest(row.manifest).rows
+    except GenoflowError as exc:
+        raise SourceError(
+            f"its signed URL is kept only in {row.manifest}, which cannot be read: {exc.message}",
+            file=row.name,
+            hint="restore the manifest, or run it again with a fresh URL",
+        ) from None
+    for candidate in rows:
+        same = (candidate.line, candidate.name, candidate.md5) == (row.line, row.name, row.md5)
+        if same and redact(candidate.uri) == row.uri:
+            return candidate.uri
+    raise SourceError(
+        f"its signed URL is kept only in {row.manifest}, which no longer lists it at line "
+        f"{row.line}",
+        file=row.name,
+        hint="run the manifest that lists it again",
+    )
 
 
 def replica_order(uris: Iterable[str]) -> list[str]:

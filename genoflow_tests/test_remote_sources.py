@@ -35,8 +35,9 @@ def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subproces
 
 
 def _everything_written(home: Path) -> bytes:
-    """Every byte under the Dagster instance (event logs, runs) — where the UI reads from."""
-    return b"".join(p.read_bytes() for p in (home / "dagster").rglob("*") if p.is_file())
+    """Every byte genoflow wrote: the Dagster event log and runs (what the UI reads), the
+    registry (with its WAL), every genoflow.json and artifact."""
+    return b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
 
 
 def test_a_signed_url_source_is_built_and_its_token_shown_nowhere(

@@ -20,6 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from genoflow.errors import redact
+
 metadata = sa.MetaData()
 _DDL_LOCK = 0x67656E6F  # "geno": the advisory lock key taken while creating tables
 
@@ -147,7 +149,8 @@ class Registry:
             {
                 "md5": row.md5,
                 "name": row.name,
-                "uri": row.uri,
+                # A signed URL's token is never stored: staging re-reads it from the manifest.
+                "uri": redact(row.uri),
                 "format": row.format,
                 "family": row.family,
                 "size": row.size,
