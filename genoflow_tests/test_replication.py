@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, instance_for_test, materialize
 
+from genoflow import pipeline
 from genoflow.assets import family_assets, family_checks
 from genoflow.io_manager import ArtifactIOManager
 from genoflow.manifest import read_manifest
@@ -55,10 +56,18 @@ def _cache_status(result, asset: str) -> str:
     return result.asset_materializations_for_node(f"intervals__{asset}")[0].metadata["cache"].value
 
 
+def _forbid(*_args, **_kwargs):
+    raise AssertionError("a processor ran on the second deployment")
+
+
 def test_a_second_deployment_gets_every_artifact_by_transfer(tmp_path, shared, monkeypatch) -> None:
     with instance_for_test() as instance:
         instance.add_dynamic_partitions(PARTITIONS["intervals"].name, [shared["md5"]])
         first = _run(tmp_path / "a", "site-a", shared["md5"], instance, monkeypatch)
+        # Node B may only transfer: staging, sorting and indexing all fail if called.
+        monkeypatch.setattr(pipeline.staging, "stage", _forbid)
+        monkeypatch.setattr(pipeline.intervals, "sort_intervals", _forbid)
+        monkeypatch.setattr(pipeline.intervals, "index_intervals", _forbid)
         second = _run(tmp_path / "b", "site-b", shared["md5"], instance, monkeypatch)
     assert first.success and second.success
     assert {_cache_status(first, a) for a in ("source", "sorted", "index")} == {"miss"}
@@ -139,3 +148,43 @@ def test_verify_finds_a_damaged_local_copy_and_repair_restores_it(tmp_path, shar
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert data.read_bytes() == good
     assert _cli(home, "verify").returncode == 0
+
+
+def _flip(data: bytes) -> bytes:
+    flipped = bytearray(data)
+    flipped[100] ^= 0xFF
+    return bytes(flipped)
+
+
+def _verify_finds_and_repairs(home: Path, prefix: str) -> None:
+    found = _cli(home, "verify")
+    assert found.returncode == 1
+    bad = [line.split()[1] for line in found.stdout.splitlines() if line.startswith("INVALID")]
+    assert bad and all(uri.startswith(prefix) for uri in bad), found.stdout
+    repaired = _cli(home, "verify", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert _cli(home, "verify").returncode == 0
+
+
+def test_verify_detects_a_damaged_gcs_copy_then_a_local_one_and_repair_restores_each(
+    tmp_path, shared, gcs_emulator: GcsEmulator
+) -> None:
+    manifest = tmp_path / "m.tsv"
+    row = next(r for r in read_manifest(DEMO).rows if r.name == "enhancers.bed")
+    manifest.write_text(f"name\turi\tmd5\nenhancers.bed\t{row.uri}\t{row.md5}\n")
+    home = tmp_path / "home"
+    assert _cli(home, "run", str(manifest)).returncode == 0
+    key = key_for("intervals", row.md5, "sorted")
+    local = next((home / "cache" / key.relpath).glob("*.gz"))
+    object_name = f"genoflow/{key.relpath}/{local.name}"
+    remote = gcs_emulator.object_file(shared["bucket"], object_name)
+    good = local.read_bytes()
+
+    # Rewritten through the API (GCS recomputes md5Hash, as for any writer): size unchanged.
+    make_filesystem(token="anon").pipe_file(f"{shared['bucket']}/{object_name}", _flip(good))
+    _verify_finds_and_repairs(home, "gs://")
+    assert remote.read_bytes() == good
+
+    local.write_bytes(_flip(good))  # rot in place (the index folder shares this inode)
+    _verify_finds_and_repairs(home, str(home))
+    assert local.read_bytes() == good
