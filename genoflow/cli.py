@@ -75,6 +75,7 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
 
     from genoflow import runner
     from genoflow.storage.cache import Cache
+    from genoflow.storage.node import open_node
     from genoflow.storage.registry import Registry
 
     runner.quiet_warnings()
@@ -83,6 +84,8 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
     registry = Registry(settings.registry_target)
     registry.register(manifest.rows)
     Cache(settings.cache_root).sweep()
+    with open_node(settings) as node:
+        node.dm.reclaim_pending()  # copies left half-written by killed runs
     sources = manifest.sources()
     work = [(md5, rows[0].family) for md5, rows in sources.items()]
     instance = runner.open_instance(settings)
