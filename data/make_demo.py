@@ -1,4 +1,4 @@
-"""Write the demo files under ``data/demo/`` and their manifest ``data/manifests/demo.tsv``.
+"""Write the demo files under ``data/manifests/demo/`` and their manifest ``data/manifests/demo.tsv``.
 
 Invariant: the output is a pure function of this script (and of the pysam/htslib and
 pybigtools versions that write the binary formats). A fixed seed drives every random choice,
@@ -23,7 +23,7 @@ import pysam
 
 SEED = 20240611
 HERE = Path(__file__).resolve().parent
-DEMO = HERE / "demo"
+DEMO = HERE / "manifests" / "demo"
 MANIFEST = HERE / "manifests" / "demo.tsv"
 
 # GRCh38 primary assembly lengths.
@@ -745,14 +745,14 @@ def main() -> None:
         build(random.Random(SEED + index), DEMO / name)
         path = DEMO / name
         rows.append(
-            f"{name}\t../demo/{name}\t{md5(path)}\t{fmt}\t{path.stat().st_size}\t{sample}\t{assay}"
+            f"{name}\tdemo/{name}\t{md5(path)}\t{fmt}\t{path.stat().st_size}\t{sample}\t{assay}"
         )
     copy, original = MIRROR
     (DEMO / copy).parent.mkdir()
     shutil.copyfile(DEMO / original, DEMO / copy)
     path = DEMO / copy
     rows.append(
-        f"H3K27ac_rep1.narrowPeak\t../demo/{copy}\t{md5(path)}\t\t{path.stat().st_size}\tNA12878\tChIP-seq"
+        f"H3K27ac_rep1.narrowPeak\tdemo/{copy}\t{md5(path)}\t\t{path.stat().st_size}\tNA12878\tChIP-seq"
     )
     write_text(MANIFEST, rows)
     total = sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file())

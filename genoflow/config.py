@@ -35,6 +35,8 @@ class Settings:
         deployment: the name of the machines sharing this node's cache (``local``).
         replicas: URIs (``gs://bucket/prefix``) every published artifact is copied to.
         registry_url: a SQLAlchemy URL for a shared registry; None means the SQLite file.
+        allowed_roots: folders local sources may be read from; empty means each manifest's
+            own folder and below.
     """
 
     home: Path
@@ -44,6 +46,7 @@ class Settings:
     deployment: str = "local"
     replicas: tuple[str, ...] = ()
     registry_url: str | None = None
+    allowed_roots: tuple[Path, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -75,7 +78,12 @@ class Settings:
             deployment=env.get("GENOFLOW_DEPLOYMENT") or "local",
             replicas=replicas,
             registry_url=env.get("GENOFLOW_REGISTRY_URL") or None,
+            allowed_roots=_roots(env.get("GENOFLOW_ALLOWED_ROOTS", "")),
         )
+
+    def roots_for(self, manifest: str | Path) -> tuple[Path, ...]:
+        """Where a local source listed in ``manifest`` may be read from."""
+        return self.allowed_roots or (Path(manifest).resolve().parent,)
 
     def with_overrides(
         self, *, home: str | None, sort_memory: str | None, threads: int | None
@@ -110,3 +118,12 @@ class Settings:
         if not config.exists():
             config.write_text(DAGSTER_YAML)
         return self.dagster_home
+
+
+def _roots(value: str) -> tuple[Path, ...]:
+    parts = [part.strip() for chunk in value.split(",") for part in chunk.split(os.pathsep)]
+    roots = tuple(Path(part).expanduser().resolve() for part in parts if part)
+    for root in roots:
+        if not root.is_dir():
+            raise ValueError(f"GENOFLOW_ALLOWED_ROOTS names {root}, which is not a folder")
+    return roots

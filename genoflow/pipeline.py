@@ -115,9 +115,19 @@ def _build(
     return Built(found, processor, details, inputs, time.perf_counter() - started)
 
 
-def build_source(cache: Store, rows: Sequence[SourceRow], *, md5: str) -> Artifact | Built:
-    """Stage the first replica that verifies, confirm its format by content, keep it."""
+def build_source(
+    cache: Store, rows: Sequence[SourceRow], *, md5: str, settings: Settings | None = None
+) -> Artifact | Built:
+    """Stage the first replica that verifies, confirm its format by content, keep it.
+
+    A local source is read only from inside the allowed roots (``GENOFLOW_ALLOWED_ROOTS``, by
+    default the folder of the manifest that lists it), symlinks resolved.
+    """
     first = rows[0]
+    settings = settings or Settings.from_env()
+    roots: dict[str, tuple[Path, ...]] = {}
+    for row in rows:
+        roots.setdefault(row.uri, settings.roots_for(row.manifest))
     key = key_for(first.family, md5, "source")
     size = next((row.size for row in rows if row.size is not None), None)
 
@@ -128,6 +138,7 @@ def build_source(cache: Store, rows: Sequence[SourceRow], *, md5: str) -> Artifa
             md5=md5,
             size=size,
             name=first.name,
+            roots=roots,
         )
         fmt = formats.detect(staged, name=first.name, declared=first.format)
         sniffed = formats.sniff(staged)

@@ -112,7 +112,7 @@ def test_a_second_run_is_all_cache_hits(demo_home) -> None:
 
 
 def test_bad_rows_and_bad_files_are_reported_while_good_ones_are_built(tmp_path) -> None:
-    shutil.copy(DATA / "demo" / "genes.gtf", tmp_path / "genes.gtf")
+    shutil.copy(DATA / "manifests" / "demo" / "genes.gtf", tmp_path / "genes.gtf")
     (tmp_path / "broken.vcf").write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\nchr1\tnot-a-number\n")
     broken_md5 = _md5(tmp_path / "broken.vcf")
     good_md5 = _md5(tmp_path / "genes.gtf")
@@ -147,6 +147,7 @@ def test_concurrent_runs_on_one_home_all_succeed_and_leave_one_artifact_each(tmp
     manifest.write_text("name\turi\tmd5\n" + "".join(f"{r.name}\t{r.uri}\t{r.md5}\n" for r in rows))
     home = tmp_path / "home"
     env = {**os.environ, "GENOFLOW_HOME": str(home), "GENOFLOW_THREADS": "1"}
+    env["GENOFLOW_ALLOWED_ROOTS"] = str(DATA)  # the manifest lists files of the demo folder
     env.pop("DAGSTER_HOME", None)
     command = [sys.executable, "-m", "genoflow.cli", "run", str(manifest)]
     runs = [
@@ -162,3 +163,24 @@ def test_concurrent_runs_on_one_home_all_succeed_and_leave_one_artifact_each(tmp
     assert len(markers) == 4  # genes.gtf: source, sorted, index; samples.csv: source
     debris = [p for p in (home / "cache").rglob("*") if ".tmp." in p.name or p.suffix == ".lock"]
     assert debris == []
+
+
+def test_local_sources_outside_the_manifest_folder_are_refused(tmp_path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.bed"
+    secret.write_text("chr1\t1\t2\n")
+    inside = tmp_path / "manifests"
+    inside.mkdir()
+    (inside / "escape.bed").symlink_to(secret)
+    md5 = _md5(secret)
+    (inside / "m.tsv").write_text(
+        f"name\turi\tmd5\nabsolute.bed\t{secret}\t{md5}\nrelative.bed\t../outside/secret.bed\t{md5}\n"
+        f"link.bed\tescape.bed\t{md5}\n"
+    )
+    result = genoflow(tmp_path / "home", "run", str(inside / "m.tsv"), "--json")
+    assert result.returncode == 1
+    (record, *_) = json.loads(result.stdout)
+    assert record["assets"]["source"] == "failed"
+    assert "outside the allowed roots" in record["error"]
+    assert not list((tmp_path / "home" / "cache").rglob("genoflow.json"))

@@ -19,7 +19,7 @@ from .signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
 
 # ruff: noqa: F811 - pytest fixtures imported from their modules
 
-GTF = DATA / "demo" / "genes.gtf"
+GTF = DATA / "manifests" / "demo" / "genes.gtf"
 
 
 def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -117,6 +117,7 @@ def test_a_corrupt_replica_is_never_used_and_is_repaired_by_the_rebuild(
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GENOFLOW_HOME": str(home), "GENOFLOW_THREADS": "1"}
+    env["GENOFLOW_ALLOWED_ROOTS"] = str(DATA)  # manifests here list the demo files
     env.pop("DAGSTER_HOME", None)
     return subprocess.run(
         [sys.executable, "-m", "genoflow.cli", *args],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -40,6 +40,38 @@ def open_local(uri: str) -> Iterator[BinaryIO]:
 READERS: dict[str, Opener] = {"": open_local, "file": open_local}
 
 
+def local_path(uri: str) -> str | None:
+    """The filesystem path of a local URI (plain path or ``file://``), else None."""
+    if uri.startswith("file://"):
+        return unquote(urlsplit(uri).path)
+    return None if "://" in uri else uri
+
+
+def confined(roots: Sequence[Path]) -> Opener:
+    """An opener for local files that refuses anything resolving outside ``roots``.
+
+    The check is made on the file actually opened (``/proc/self/fd``), after every symlink is
+    resolved, so a symlink or a swapped path component cannot lead outside the roots.
+    """
+    allowed = [Path(os.path.realpath(root)) for root in roots]
+
+    @contextmanager
+    def open_confined(uri: str) -> Iterator[BinaryIO]:
+        with open_local(uri) as handle:
+            real = Path(os.path.realpath(f"/proc/self/fd/{handle.fileno()}"))
+            if not any(real == root or root in real.parents for root in allowed):
+                listed = ", ".join(str(root) for root in allowed)
+                raise SourceError(
+                    f"resolves outside the allowed roots ({listed})",
+                    file=local_path(uri),
+                    hint="move the file under the manifest's folder, or list its folder in "
+                    "GENOFLOW_ALLOWED_ROOTS",
+                )
+            yield handle
+
+    return open_confined
+
+
 def _reader(uri: str) -> Opener:
     scheme = urlsplit(uri).scheme if "://" in uri else ""
     try:
@@ -50,7 +82,15 @@ def _reader(uri: str) -> Opener:
         ) from None
 
 
-def copy_verified(uri: str, dest: Path, *, md5: str, size: int | None, name: str) -> Path:
+def copy_verified(
+    uri: str,
+    dest: Path,
+    *,
+    md5: str,
+    size: int | None,
+    name: str,
+    roots: Sequence[Path] | None = None,
+) -> Path:
     """Copy one replica to ``dest`` while hashing it; delete the copy unless md5 and size match.
 
     Raises:
@@ -60,7 +100,8 @@ def copy_verified(uri: str, dest: Path, *, md5: str, size: int | None, name: str
     digest = hashlib.md5()
     written = 0
     try:
-        with _reader(uri)(uri) as source, open(dest, "wb") as out:
+        opener = confined(roots) if roots is not None and local_path(uri) else _reader(uri)
+        with opener(uri) as source, open(dest, "wb") as out:
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
@@ -84,7 +125,13 @@ def copy_verified(uri: str, dest: Path, *, md5: str, size: int | None, name: str
 
 
 def stage(
-    uris: Sequence[str], dest: Path, *, md5: str, size: int | None, name: str
+    uris: Sequence[str],
+    dest: Path,
+    *,
+    md5: str,
+    size: int | None,
+    name: str,
+    roots: Mapping[str, Sequence[Path]] | None = None,
 ) -> tuple[Path, str]:
     """Stage the first replica that reads and verifies; return the staged path and its URI.
 
@@ -94,6 +141,8 @@ def stage(
         md5: the expected lower-case hex md5.
         size: the expected size in bytes, when known.
         name: the source's name, for messages.
+        roots: for local URIs, the folders each may be read from (symlinks resolved); a local
+            URI missing from the mapping is refused. None: no confinement.
 
     Raises:
         ChecksumError: when every replica read but none verified.
@@ -102,7 +151,9 @@ def stage(
     failures: list[GenoflowError] = []
     for uri in uris:
         try:
-            return copy_verified(uri, dest, md5=md5, size=size, name=name), uri
+            allowed = None if roots is None else roots.get(uri, ())
+            copied = copy_verified(uri, dest, md5=md5, size=size, name=name, roots=allowed)
+            return copied, uri
         except (SourceError, ChecksumError) as exc:
             failures.append(exc)
     if not failures:
