@@ -1,0 +1,240 @@
+"""The manifest sensor: new content runs once, nothing else re-triggers, bad rows are named."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
+
+from genoflow.jobs import family_job
+from genoflow.partitions import PARTITIONS
+from genoflow.pipeline import CHAINS
+from genoflow.resources import GenoflowResource
+from genoflow.sensors import chain_version, manifest_sensor, run_key
+from genoflow.storage.registry import Registry
+from genoflow.watch import ManifestCursor
+
+HEADER = "name\turi\tmd5\tformat\tsize\n"
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def watched(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    monkeypatch.setenv("GENOFLOW_MANIFESTS", str(folder))
+    return folder
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "home"
+
+
+def _file(folder: Path, name: str, content: bytes) -> tuple[str, str, int]:
+    """Write a small input file; return (name, md5, size)."""
+    (folder / name).write_bytes(content)
+    return name, hashlib.md5(content).hexdigest(), len(content)
+
+
+def _manifest(
+    folder: Path, name: str, rows: list[tuple[str, str, int]], *, extra: str = ""
+) -> Path:
+    """Write a TSV manifest that settled a minute ago (so the sensor reads it now)."""
+    lines = [f"{row_name}\t{row_name}\t{md5}\t\t{size}\n" for row_name, md5, size in rows]
+    path = folder / name
+    path.write_text(HEADER + "".join(lines) + extra)
+    past = time.time() - 60
+    os.utime(path, (past, past))
+    return path
+
+
+def _inputs(folder: Path) -> dict[str, tuple[str, str, int]]:
+    return {
+        "reads": _file(folder, "reads.sam", b"@HD\tVN:1.6\n"),
+        "peaks": _file(folder, "peaks.bed", b"chr1\t10\t20\n"),
+        "table": _file(folder, "table.csv", b"a,b\n1,2\n"),
+    }
+
+
+def _tick(instance: DagsterInstance, home: Path, cursor: str | None):
+    sensor = manifest_sensor([family_job(f) for f in CHAINS], minimum_interval_seconds=30)
+    context = build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"genoflow": GenoflowResource(home=str(home))},
+    )
+    result = sensor(context)
+    if isinstance(result, SensorResult):
+        for request in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    return result
+
+
+def _requested(result) -> list[tuple[str | None, str | None]]:
+    return sorted((r.job_name, r.partition_key) for r in (result.run_requests or []))
+
+
+def test_new_manifest_adds_partitions_and_requests_one_chain_run_per_md5(
+    instance, watched, home
+) -> None:
+    inputs = _inputs(watched)
+    _manifest(watched, "batch.tsv", [*inputs.values(), ("copy.bed", inputs["peaks"][1], 11)])
+    result = _tick(instance, home, None)
+    assert _requested(result) == sorted(
+        [
+            ("alignments_chain", inputs["reads"][1]),
+            ("intervals_chain", inputs["peaks"][1]),
+            ("passthrough_chain", inputs["table"][1]),
+        ]
+    )
+    added = {
+        r.partitions_def_name: list(r.partition_keys) for r in result.dynamic_partitions_requests
+    }
+    assert added == {
+        "alignments_md5": [inputs["reads"][1]],
+        "intervals_md5": [inputs["peaks"][1]],
+        "passthrough_md5": [inputs["table"][1]],
+    }
+
+
+def test_registers_every_valid_row_in_the_same_tick(instance, watched, home) -> None:
+    inputs = _inputs(watched)
+    _manifest(watched, "batch.tsv", [*inputs.values(), ("copy.bed", inputs["peaks"][1], 11)])
+    _tick(instance, home, None)
+    names = sorted(row.name for row in Registry(home / "registry.db").rows())
+    assert names == ["copy.bed", "peaks.bed", "reads.sam", "table.csv"]
+
+
+def test_run_keys_name_family_md5_and_code_version(instance, watched, home) -> None:
+    name, md5, size = _file(watched, "peaks.bed", b"chr1\t10\t20\n")
+    _manifest(watched, "one.tsv", [(name, md5, size)])
+    (request,) = _tick(instance, home, None).run_requests
+    assert request.run_key == f"intervals:{md5}:{chain_version('intervals')}"
+    assert request.run_key == run_key("intervals", md5)
+    assert request.tags["genoflow/format"] == "bed"
+    assert request.tags["genoflow/manifest"] == "one.tsv:2"
+
+
+def test_identical_rewrite_requests_nothing(instance, watched, home) -> None:
+    _manifest(watched, "batch.tsv", list(_inputs(watched).values()))
+    first = _tick(instance, home, None)
+    _manifest(watched, "batch.tsv", list(_inputs(watched).values()))
+    second = _tick(instance, home, first.cursor)
+    assert not second.run_requests and not second.dynamic_partitions_requests
+    assert "1 unchanged" in second.skip_reason.skip_message
+
+
+def test_renamed_manifest_requests_nothing(instance, watched, home) -> None:
+    path = _manifest(watched, "batch.tsv", list(_inputs(watched).values()))
+    first = _tick(instance, home, None)
+    path.rename(watched / "renamed.tsv")
+    second = _tick(instance, home, first.cursor)
+    assert not second.run_requests and not second.dynamic_partitions_requests
+    assert "1 renamed or copied" in second.skip_reason.skip_message
+    assert list(ManifestCursor.parse(second.cursor).hashes) == ["renamed.tsv"]
+
+
+def test_deleted_manifest_requests_nothing_and_deletes_nothing(instance, watched, home) -> None:
+    inputs = _inputs(watched)
+    path = _manifest(watched, "batch.tsv", list(inputs.values()))
+    first = _tick(instance, home, None)
+    path.unlink()
+    second = _tick(instance, home, first.cursor)
+    assert not second.run_requests and not second.dynamic_partitions_requests
+    assert ManifestCursor.parse(second.cursor).hashes == {}
+    assert instance.get_dynamic_partitions("intervals_md5") == [inputs["peaks"][1]]
+    assert len(Registry(home / "registry.db").rows()) == 3
+
+
+def test_changed_md5_gets_a_new_partition_and_run_while_the_old_stays(
+    instance, watched, home
+) -> None:
+    old = _file(watched, "peaks.bed", b"chr1\t10\t20\n")
+    _manifest(watched, "batch.tsv", [old])
+    first = _tick(instance, home, None)
+    new = _file(watched, "peaks.bed", b"chr1\t10\t20\nchr2\t5\t9\n")
+    _manifest(watched, "batch.tsv", [new])
+    second = _tick(instance, home, first.cursor)
+    assert _requested(second) == [("intervals_chain", new[1])]
+    assert instance.get_dynamic_partitions("intervals_md5") == [old[1], new[1]]
+
+
+def test_second_manifest_sharing_an_md5_requests_only_the_new_one(instance, watched, home) -> None:
+    inputs = _inputs(watched)
+    _manifest(watched, "first.tsv", [inputs["reads"], inputs["peaks"]])
+    first = _tick(instance, home, None)
+    other = _file(watched, "other.bed", b"chr3\t1\t2\n")
+    _manifest(watched, "second.tsv", [inputs["peaks"], other])
+    second = _tick(instance, home, first.cursor)
+    assert _requested(second) == [("intervals_chain", other[1])]
+
+
+def test_invalid_rows_are_logged_with_file_and_line_while_valid_rows_flow(
+    instance, watched, home, capfd
+) -> None:
+    good = _file(watched, "peaks.bed", b"chr1\t10\t20\n")
+    path = _manifest(watched, "mixed.tsv", [good], extra="broken.bed\tbroken.bed\tnot-an-md5\t\t\n")
+    result = _tick(instance, home, None)
+    assert _requested(result) == [("intervals_chain", good[1])]
+    assert f"{path}:3: malformed md5 'not-an-md5'" in capfd.readouterr().err
+
+
+def test_an_unreadable_manifest_is_logged_and_the_others_still_flow(
+    instance, watched, home, capfd
+) -> None:
+    good = _file(watched, "peaks.bed", b"chr1\t10\t20\n")
+    _manifest(watched, "good.tsv", [good])
+    bad = watched / "bad.json"
+    bad.write_text('{"not": "a list"}')
+    os.utime(bad, (time.time() - 60, time.time() - 60))
+    result = _tick(instance, home, None)
+    assert _requested(result) == [("intervals_chain", good[1])]
+    assert "bad.json: a JSON manifest must be a list of objects" in capfd.readouterr().err
+
+
+def test_a_manifest_still_being_written_waits_for_a_later_tick(instance, watched, home) -> None:
+    path = _manifest(watched, "batch.tsv", list(_inputs(watched).values()))
+    os.utime(path)  # touched just now: maybe a copy in progress
+    first = _tick(instance, home, None)
+    assert not first.run_requests
+    assert "still being written" in first.skip_reason.skip_message
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    assert len(_tick(instance, home, first.cursor).run_requests) == 3
+
+
+def test_the_cursor_holds_one_short_hash_per_manifest_not_its_rows(instance, watched, home) -> None:
+    rows = [(f"f{i}.bed", hashlib.md5(str(i).encode()).hexdigest(), 10) for i in range(2000)]
+    _manifest(watched, "big.tsv", rows)
+    result = _tick(instance, home, None)
+    assert len(result.run_requests) == 2000
+    assert list(json.loads(result.cursor)["hashes"]) == ["big.tsv"]
+    assert len(result.cursor) < 100
+
+
+def test_a_missing_folder_is_a_skip_that_says_what_to_do(instance, tmp_path, home, monkeypatch):
+    monkeypatch.setenv("GENOFLOW_MANIFESTS", str(tmp_path / "nowhere"))
+    result = _tick(instance, home, None)
+    assert "does not exist" in result.skip_message
+    assert "GENOFLOW_MANIFESTS" in result.skip_message
+
+
+def test_an_md5_partitioned_before_the_sensor_saw_it_is_not_requested_again(
+    instance, watched, home
+) -> None:
+    inputs = _inputs(watched)
+    instance.add_dynamic_partitions(PARTITIONS["intervals"].name, [inputs["peaks"][1]])
+    _manifest(watched, "batch.tsv", [inputs["peaks"]])
+    result = _tick(instance, home, None)
+    assert not result.run_requests
+    assert "no md5 new to its family" in result.skip_reason.skip_message
