@@ -8,6 +8,7 @@ from dagster import AssetCheckResult, AssetChecksDefinition, MetadataValue, asse
 from genoflow.checksums import md5_file
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import CHAINS, check_order, query_regions
+from genoflow.resources import GenoflowResource
 from genoflow.storage.cache import Artifact
 
 
@@ -19,15 +20,25 @@ def family_checks(family: str) -> list[AssetChecksDefinition]:
         asset=[family, "source"],
         name="md5_and_size_match_manifest",
         partitions_def=partitions,
-        description="The staged bytes hash to the partition's md5 and have the manifest's size.",
+        blocking=True,
+        description="The staged bytes hash to the partition's md5 and have the size every "
+        "manifest row declares.",
     )
-    def source_check(source: Artifact) -> AssetCheckResult:
+    def source_check(source: Artifact, genoflow: GenoflowResource) -> AssetCheckResult:
         actual = md5_file(source.main)
-        expected_size = source.marker["details"].get("size")
         size = source.main.stat().st_size
+        rows = genoflow.registry().rows(source.key.md5)
+        declared = sorted({row.size for row in rows if row.size is not None})
+        wrong = [f"{row.manifest}:{row.line}" for row in rows if row.size not in (None, size)]
         return AssetCheckResult(
-            passed=actual == source.key.md5 and (expected_size in (None, size)),
-            metadata={"md5": actual, "expected_md5": source.key.md5, "size_bytes": size},
+            passed=actual == source.key.md5 and not wrong,
+            metadata={
+                "md5": actual,
+                "expected_md5": source.key.md5,
+                "size_bytes": size,
+                "declared_sizes": MetadataValue.json(declared),
+                "rows_with_another_size": MetadataValue.json(wrong),
+            },
         )
 
     if CHAINS[family] == ("source",):
@@ -37,6 +48,7 @@ def family_checks(family: str) -> list[AssetChecksDefinition]:
         asset=[family, "sorted"],
         name="records_preserved_and_ordered",
         partitions_def=partitions,
+        blocking=True,
         description="Re-reading the output finds every input record, in sorted order.",
     )
     def sorted_check(sorted: Artifact) -> AssetCheckResult:
@@ -56,6 +68,7 @@ def family_checks(family: str) -> list[AssetChecksDefinition]:
         asset=[family, "index"],
         name="answers_region_queries",
         partitions_def=partitions,
+        blocking=True,
         description="A region query per contig through the index finds every record.",
     )
     def index_check(index: Artifact) -> AssetCheckResult:

@@ -11,6 +11,8 @@ import time
 
 from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, DataVersion, Output, asset
 
+from genoflow.assets.lineage import family_formats, output_tags, source_metadata
+from genoflow.automation import chain_condition
 from genoflow.errors import SourceError
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import (
@@ -38,18 +40,24 @@ DESCRIPTIONS = {
 }
 
 
-def _output(result: Artifact | Built, started: float, node: Node) -> Output:
+def _output(
+    result: Artifact | Built, started: float, node: Node, extra: dict | None = None
+) -> Output:
     if isinstance(result, Built):
-        cache = "miss"
+        cache, key, details = "miss", result.draft.key, result.details
     else:
         cache = "transferred" if result.key in node.transferred else "hit"
+        key, details = result.key, result.marker.get("details", {})
     return Output(
         result,
         data_version=DataVersion(result.checksum),
         metadata={
             "cache": cache,
             "seconds": round(time.perf_counter() - started, 3),
+            "family": key.family,
+            **(extra or {}),
         },
+        tags=output_tags(details, key.family),
     )
 
 
@@ -62,8 +70,10 @@ def _spec(family: str, asset_name: str) -> dict:
         "io_manager_key": "artifact_io_manager",
         "code_version": version_of(family, asset_name),
         "description": description if isinstance(description, str) else description[family],
-        "tags": {"genoflow/family": family},
-        "kinds": {"pysam"} if asset_name != "source" else {"file"},
+        # Formats are kinds (tags the UI filters by, as `kind:vcf`); one asset holds several.
+        "tags": {"genoflow/family": family, "genoflow/asset": asset_name},
+        "kinds": {*family_formats(family), "pysam" if asset_name != "source" else "file"},
+        "automation_condition": chain_condition() if asset_name != "source" else None,
     }
 
 
@@ -82,7 +92,8 @@ def family_assets(family: str) -> list[AssetsDefinition]:
                 hint="add the file to a manifest and run `genoflow run MANIFEST`",
             )
         with genoflow.node() as node:
-            return _output(build_source(node, rows, md5=md5), started, node)
+            built = build_source(node, rows, md5=md5)
+            return _output(built, started, node, source_metadata(rows))
 
     if CHAINS[family] == ("source",):
         return [source]
