@@ -31,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check every registered replica")
     verify.add_argument("--repair", action="store_true", help="restore bad replicas from good ones")
     verify.add_argument("--quick", action="store_true", help="sizes only, no checksums")
+    backfill = commands.add_parser(
+        "backfill", help="build every missing or stale artifact now (the nightly schedule's work)"
+    )
+    backfill.add_argument(
+        "--family", action="append", choices=sorted(CHAINS), help="only this family (repeatable)"
+    )
+    backfill.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    backfill.add_argument("--jobs", type=int, default=1, help="sources processed at once")
     dev = commands.add_parser("dev", help="start the Dagster UI on this project's instance")
     dev.add_argument("args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
     return parser
@@ -50,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_status(args.select, settings, as_json=args.json)
     if args.command == "verify":
         return cmd_verify(settings, repair=args.repair, full=not args.quick)
+    if args.command == "backfill":
+        return cmd_backfill(settings, families=args.family, dry_run=args.dry_run, jobs=args.jobs)
     return cmd_dev(args.args, settings)
 
 
@@ -129,6 +139,42 @@ def cmd_verify(settings: Settings, *, repair: bool, full: bool) -> int:
     print_verify(outcomes)
     unrepaired = [o for o in outcomes if o.problems and o.restored is None]
     return 1 if unrepaired else 0
+
+
+def cmd_backfill(
+    settings: Settings, *, families: Sequence[str] | None, dry_run: bool, jobs: int
+) -> int:
+    """Build every missing or stale partition not already in progress; print plan and outcome."""
+    from genoflow import runner
+    from genoflow.backfill import plan, summary_rows
+
+    runner.quiet_warnings()
+    pending = plan(runner.open_instance(settings), families)
+    if not pending:
+        print("nothing to backfill: every partition is up to date or already in progress")
+        return 0
+    print(_table(["family", "md5", "assets", "why"], summary_rows(pending)))
+    if dry_run:
+        print(f"\n{len(pending)} partitions would be built (dry run: nothing was launched)")
+        return 0
+    work = [(item.md5, item.family) for item in pending]
+    outcomes = runner.run_all(work, settings=settings, jobs=jobs)
+    rows = [
+        [o.family, o.md5, " ".join(f"{a}={s}" for a, s in o.assets.items()), f"{o.seconds:.1f}"]
+        for o in outcomes
+    ]
+    print("\n" + _table(["family", "md5", "assets", "seconds"], rows))
+    print(f"\n{sum(o.ok for o in outcomes)} of {len(outcomes)} partitions built")
+    print_errors(o.error for o in outcomes if o.error)
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *rows]
+    )
 
 
 def cmd_dev(extra: Sequence[str], settings: Settings) -> int:
