@@ -40,13 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     backfill.add_argument("--jobs", type=int, default=1, help="sources processed at once")
     dev = commands.add_parser("dev", help="start the Dagster UI on this project's instance")
-    dev.add_argument("args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
+    dev.add_argument("args", nargs="*", help="options passed on to `dagster dev` (e.g. -p 3001)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``genoflow`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "dev":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         settings = Settings.from_env()
     except ValueError as exc:
@@ -60,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_verify(settings, repair=args.repair, full=not args.quick)
     if args.command == "backfill":
         return cmd_backfill(settings, families=args.family, dry_run=args.dry_run, jobs=args.jobs)
-    return cmd_dev(args.args, settings)
+    return cmd_dev([*args.args, *unknown], settings)
 
 
 def load_manifests(paths: Sequence[Path]) -> tuple[Manifest, list[str]]:
