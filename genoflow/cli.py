@@ -39,17 +39,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     backfill.add_argument("--jobs", type=int, default=1, help="sources processed at once")
-    dev = commands.add_parser("dev", help="start the Dagster UI on this project's instance")
+    dev = commands.add_parser(
+        "dev", help="start the Dagster UI on this project's instance", add_help=False
+    )
     dev.add_argument("args", nargs="*", help="options passed on to `dagster dev` (e.g. -p 3001)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``genoflow`` console script; returns the exit status."""
-    parser = _parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command != "dev":
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dev"]:
+        # Everything after `dev` belongs to `dagster dev` (argparse would eat -h and -p).
+        args = argparse.Namespace(command="dev", args=argv[1:])
+    else:
+        args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except ValueError as exc:
@@ -63,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_verify(settings, repair=args.repair, full=not args.quick)
     if args.command == "backfill":
         return cmd_backfill(settings, families=args.family, dry_run=args.dry_run, jobs=args.jobs)
-    return cmd_dev([*args.args, *unknown], settings)
+    return cmd_dev(args.args, settings)
 
 
 def load_manifests(paths: Sequence[Path]) -> tuple[Manifest, list[str]]:
@@ -184,7 +188,9 @@ def cmd_dev(extra: Sequence[str], settings: Settings) -> int:
     """Replace this process with ``dagster dev`` on genoflow's instance and code location."""
     home = settings.ensure_dagster_home()
     env = {**os.environ, "DAGSTER_HOME": str(home), "GENOFLOW_HOME": str(settings.home)}
-    command = ["dagster", "dev", "-m", "genoflow.definitions", *extra]
+    beside = Path(sys.executable).parent / "dagster"  # the venv's, even when not activated
+    dagster = str(beside) if beside.exists() else "dagster"
+    command = [dagster, "dev", "-m", "genoflow.definitions", *extra]
     print(f"DAGSTER_HOME={home}", file=sys.stderr)
     os.execvpe(command[0], command, env)
     return 0  # not reached

@@ -184,3 +184,21 @@ def test_local_sources_outside_the_manifest_folder_are_refused(tmp_path) -> None
     assert record["assets"]["source"] == "failed"
     assert "outside the allowed roots" in record["error"]
     assert not list((tmp_path / "home" / "cache").rglob("genoflow.json"))
+
+
+def test_dev_passes_every_option_to_dagster_dev_on_genoflows_instance(
+    tmp_path, monkeypatch
+) -> None:
+    from genoflow import cli
+
+    calls = []
+    monkeypatch.setenv("GENOFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setattr(cli.os, "execvpe", lambda *args: calls.append(args))
+
+    cli.main(["dev", "-p", "3001", "-h", "127.0.0.1"])
+
+    ((program, command, env),) = calls
+    assert command[1:] == ["dev", "-m", "genoflow.definitions", "-p", "3001", "-h", "127.0.0.1"]
+    assert env["DAGSTER_HOME"] == str(tmp_path / "dagster")
+    assert (tmp_path / "dagster" / "dagster.yaml").is_file()
