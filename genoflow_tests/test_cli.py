@@ -198,7 +198,7 @@ def test_dev_passes_every_option_to_dagster_dev_on_genoflows_instance(
 
     cli.main(["dev", "-p", "3001", "-h", "127.0.0.1"])
 
-    ((program, command, env),) = calls
+    ((_program, command, env),) = calls
     assert command[1:] == ["dev", "-m", "genoflow.definitions", "-p", "3001", "-h", "127.0.0.1"]
     assert env["DAGSTER_HOME"] == str(tmp_path / "dagster")
     assert (tmp_path / "dagster" / "dagster.yaml").is_file()
