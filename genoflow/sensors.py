@@ -7,11 +7,17 @@ cursor together in one :class:`SensorResult`, so they never disagree. An md5 tha
 partition is never requested again here (its rows are still registered, so a new replica helps
 the next build); what is missing or stale is the nightly backfill's job. Run keys are
 ``family:md5:code version``, so even a lost cursor cannot launch a chain twice.
+
+A tick requests at most ``MAX_NEW_PER_TICK`` md5s, so a manifest of any size stays within
+Dagster's bounds on one tick; a manifest with more is marked partial in the cursor and read again
+on the next tick, which takes the next md5s (those requested are partitions by then). Each row is
+registered in the tick that requests its md5, or in the first tick for an md5 already known.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from dagster import (
     DefaultSensorStatus,
@@ -39,6 +45,9 @@ from genoflow.watch import LocalManifests, ManifestCursor, Scan, manifest_locati
 
 SENSOR_NAME = "manifest_sensor"
 MAX_LOGGED_ROW_ERRORS = 200  # per tick; the rest are counted, so a broken export cannot flood
+# Run requests per tick: ~0.65 kB each on the wire, and Dagster bounds a tick by its gRPC timeout
+# (60 s) and message size (100 MB); a bigger manifest is worked through over several ticks.
+MAX_NEW_PER_TICK = 10_000
 
 
 def chain_version(family: str) -> str:
@@ -67,45 +76,54 @@ def manifest_sensor(
     def _manifest_sensor(
         context: SensorEvaluationContext, genoflow: GenoflowResource
     ) -> SensorResult | SkipReason:
-        return evaluate(context, genoflow.settings(), manifest_location())
+        return evaluate(context, genoflow.settings(), manifest_location(), limit=MAX_NEW_PER_TICK)
 
     return _manifest_sensor
 
 
 def evaluate(
-    context: SensorEvaluationContext, settings: Settings, location: LocalManifests
+    context: SensorEvaluationContext,
+    settings: Settings,
+    location: LocalManifests,
+    *,
+    limit: int,
 ) -> SensorResult | SkipReason:
-    """One tick of the manifest sensor over ``location``."""
+    """One tick of the manifest sensor over ``location``, requesting at most ``limit`` md5s."""
     if not location.exists():
         return SkipReason(
             f"manifest folder {location} does not exist: create it, or set GENOFLOW_MANIFESTS"
         )
-    result = scan(ManifestCursor.parse(context.cursor), location.listing())
+    previous = ManifestCursor.parse(context.cursor)
+    result = scan(previous, location.listing())
     for problem in result.problems:
         context.log.warning(problem)
-    cursor = result.cursor.dumps()
     if not result.changed:
         return SensorResult(
-            skip_reason=f"nothing new in {location} ({result.summary()})", cursor=cursor
+            skip_reason=f"nothing new in {location} ({result.summary()})",
+            cursor=result.cursor.dumps(),
         )
-    rows = _read_changed(context, location, result)
+    manifests = _read_changed(context, location, result)
+    continuing = {n for n in manifests if previous.continues(n, result.cursor.hashes[n])}
+    batch = _batch(manifests, _known(context, manifests), continuing, limit)
     registry = Registry(settings.registry_target)
     try:
-        registry.register(rows)
+        registry.register(batch.register)
     finally:
         registry.close()
-    firsts = _new_md5s(context, rows)
-    if not firsts:
+    cursor = result.cursor.unfinished(batch.unfinished).dumps()
+    if not batch.requested:
+        rows = sum(len(rows) for rows in manifests.values())
         return SensorResult(
-            skip_reason=f"{len(rows)} valid rows, no md5 new to its family ({result.summary()})",
+            skip_reason=f"{rows} valid rows, no md5 new to its family ({result.summary()})",
             cursor=cursor,
         )
-    context.log.info(f"{len(firsts)} new md5s from {len(rows)} valid rows ({result.summary()})")
+    later = f"; {batch.later} more on the next ticks" if batch.later else ""
+    context.log.info(f"requesting {len(batch.requested)} new md5s{later} ({result.summary()})")
     return SensorResult(
-        run_requests=[_run_request(row) for row in firsts],
+        run_requests=[_run_request(row) for row in batch.requested],
         dynamic_partitions_requests=[
             PARTITIONS[family].build_add_request(md5s)
-            for family, md5s in _by_family(firsts).items()
+            for family, md5s in _by_family(batch.requested).items()
         ],
         cursor=cursor,
     )
@@ -113,9 +131,9 @@ def evaluate(
 
 def _read_changed(
     context: SensorEvaluationContext, location: LocalManifests, result: Scan
-) -> list[ManifestRow]:
-    """Valid rows of the changed manifests, each read alone; every problem is logged."""
-    rows: list[ManifestRow] = []
+) -> dict[str, list[ManifestRow]]:
+    """Valid rows of each changed manifest, each read alone; every problem is logged."""
+    manifests: dict[str, list[ManifestRow]] = {}
     errors: list[RowError] = []
     for name in result.changed:
         try:
@@ -123,25 +141,61 @@ def _read_changed(
         except ManifestError as exc:
             context.log.error(str(exc))
             continue
-        rows.extend(manifest.rows)
+        manifests[name] = manifest.rows
         errors.extend(manifest.errors)
     for error in errors[:MAX_LOGGED_ROW_ERRORS]:
         context.log.warning(f"invalid row {error}")
     if len(errors) > MAX_LOGGED_ROW_ERRORS:
         context.log.warning(f"… and {len(errors) - MAX_LOGGED_ROW_ERRORS} more invalid rows")
-    return rows
+    return manifests
 
 
-def _new_md5s(context: SensorEvaluationContext, rows: list[ManifestRow]) -> list[ManifestRow]:
-    """The first row of each md5 that is not yet a partition of its family."""
-    firsts: dict[str, ManifestRow] = {}
-    for row in rows:
-        firsts.setdefault(row.md5, row)
-    known = {
+def _known(
+    context: SensorEvaluationContext, manifests: dict[str, list[ManifestRow]]
+) -> dict[str, set[str]]:
+    """The md5 partitions that already exist, for each family the manifests name."""
+    families = {row.family for rows in manifests.values() for row in rows}
+    return {
         family: set(context.instance.get_dynamic_partitions(PARTITIONS[family].name))
-        for family in {row.family for row in firsts.values()}
+        for family in families
     }
-    return [row for md5, row in firsts.items() if md5 not in known[row.family]]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    requested: list[ManifestRow]  # the first row of each md5 requested in this tick
+    register: list[ManifestRow]
+    unfinished: set[str]  # manifests holding md5s left for later ticks
+    later: int
+
+
+def _batch(
+    manifests: dict[str, list[ManifestRow]],
+    known: dict[str, set[str]],
+    continuing: set[str],
+    limit: int,
+) -> _Batch:
+    """Split the new md5s into this tick's (at most ``limit``) and later ones.
+
+    Rows are registered with their md5's run: a row of a later md5 waits for its tick, and a
+    manifest read again to continue registers only its rows of this tick's md5s (the rest were
+    registered when first read).
+    """
+    firsts: dict[str, ManifestRow] = {}
+    for rows in manifests.values():
+        for row in rows:
+            if row.md5 not in known[row.family]:
+                firsts.setdefault(row.md5, row)
+    new = list(firsts)
+    now, later = set(new[:limit]), set(new[limit:])
+    register = [
+        row
+        for name, rows in manifests.items()
+        for row in rows
+        if row.md5 in now or (name not in continuing and row.md5 not in later)
+    ]
+    unfinished = {name for name, rows in manifests.items() if any(r.md5 in later for r in rows)}
+    return _Batch([firsts[md5] for md5 in new[:limit]], register, unfinished, len(later))
 
 
 def _by_family(rows: list[ManifestRow]) -> dict[str, list[str]]:
@@ -152,11 +206,15 @@ def _by_family(rows: list[ManifestRow]) -> dict[str, list[str]]:
 
 
 def _run_request(row: ManifestRow) -> RunRequest:
+    # The partition tags are set here, so Dagster takes the request as resolved: resolving it
+    # again re-reads every partition added in this tick, once per request (quadratic in rows).
+    partition_tags = PARTITIONS[row.family].get_tags_for_partition_key(row.md5)
     return RunRequest(
         run_key=run_key(row.family, row.md5),
         job_name=job_name(row.family),
         partition_key=row.md5,
         tags={
+            **partition_tags,
             "genoflow/family": row.family,
             "genoflow/format": row.format,
             "genoflow/name": row.name,

@@ -38,9 +38,16 @@ def content_hash(path: Path) -> str:
 
 @dataclass(frozen=True)
 class ManifestCursor:
-    """Manifest name → content hash, as last seen."""
+    """Manifest name → content hash, as last seen.
+
+    Attributes:
+        hashes: manifests whose rows have all been handled.
+        partial: manifests read in part (more new md5s than one tick takes), with the hash
+            of the content being worked through; they are read again on the next tick.
+    """
 
     hashes: Mapping[str, str] = field(default_factory=dict)
+    partial: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str | None) -> ManifestCursor:
@@ -57,13 +64,24 @@ class ManifestCursor:
             return cls()
         if not isinstance(data, dict) or data.get("v") != _CURSOR_VERSION:
             return cls()
-        return cls(dict(data["hashes"]))
+        return cls(dict(data["hashes"]), dict(data.get("partial", {})))
 
     def dumps(self) -> str:
-        return json.dumps(
-            {"v": _CURSOR_VERSION, "hashes": dict(sorted(self.hashes.items()))},
-            separators=(",", ":"),
+        data: dict = {"v": _CURSOR_VERSION, "hashes": dict(sorted(self.hashes.items()))}
+        if self.partial:
+            data["partial"] = dict(sorted(self.partial.items()))
+        return json.dumps(data, separators=(",", ":"))
+
+    def unfinished(self, names: set[str]) -> ManifestCursor:
+        """This cursor with ``names`` moved from done to partial (read again next tick)."""
+        return ManifestCursor(
+            {name: h for name, h in self.hashes.items() if name not in names},
+            {name: h for name, h in self.hashes.items() if name in names},
         )
+
+    def continues(self, name: str, digest: str) -> bool:
+        """Whether ``name`` with this content was read in part on an earlier tick."""
+        return self.partial.get(name) == digest
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from genoflow.jobs import family_job
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import CHAINS
 from genoflow.resources import GenoflowResource
-from genoflow.sensors import chain_version, manifest_sensor, run_key
+from genoflow.sensors import chain_version, evaluate, manifest_sensor, run_key
 from genoflow.storage.registry import Registry
-from genoflow.watch import ManifestCursor
+from genoflow.watch import LocalManifests, ManifestCursor
 
 HEADER = "name\turi\tmd5\tformat\tsize\n"
 
@@ -238,3 +238,38 @@ def test_an_md5_partitioned_before_the_sensor_saw_it_is_not_requested_again(
     result = _tick(instance, home, None)
     assert not result.run_requests
     assert "no md5 new to its family" in result.skip_reason.skip_message
+
+
+def _tick_limited(instance: DagsterInstance, home: Path, folder: Path, cursor, limit: int):
+    context = build_sensor_context(instance=instance, cursor=cursor)
+    settings = GenoflowResource(home=str(home)).settings()
+    result = evaluate(context, settings, LocalManifests(folder), limit=limit)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    return result
+
+
+def test_a_manifest_bigger_than_one_tick_is_worked_through_over_several(
+    instance, watched, home
+) -> None:
+    rows = [_file(watched, f"f{i}.bed", f"chr1\t{i}\t{i + 1}\n".encode()) for i in range(5)]
+    _manifest(watched, "big.tsv", rows)
+    requested, cursor = [], None
+    for _ in range(3):
+        result = _tick_limited(instance, home, watched, cursor, limit=2)
+        requested.append(sorted(r.partition_key for r in result.run_requests))
+        cursor = result.cursor
+    assert [len(batch) for batch in requested] == [2, 2, 1]
+    assert sorted(md5 for batch in requested for md5 in batch) == sorted(r[1] for r in rows)
+    last = _tick_limited(instance, home, watched, cursor, limit=2)
+    assert not last.run_requests and "1 unchanged" in last.skip_reason.skip_message
+
+
+def test_rows_of_a_later_tick_are_registered_with_their_md5s_run(instance, watched, home) -> None:
+    rows = [_file(watched, f"f{i}.bed", f"chr1\t{i}\t{i + 1}\n".encode()) for i in range(3)]
+    _manifest(watched, "big.tsv", rows)
+    first = _tick_limited(instance, home, watched, None, limit=2)
+    registry = Registry(home / "registry.db")
+    assert len(registry.rows()) == 2
+    _tick_limited(instance, home, watched, first.cursor, limit=2)
+    assert sorted(row.name for row in registry.rows()) == ["f0.bed", "f1.bed", "f2.bed"]
