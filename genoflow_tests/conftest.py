@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,19 @@ def bgzip() -> str:
 @pytest.fixture
 def data_dir() -> Path:
     return DATA
+
+
+def run_cli(
+    home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``genoflow ARGS`` in a child process on its own GENOFLOW_HOME (DAGSTER_HOME inside)."""
+    full = {**os.environ, "GENOFLOW_HOME": str(home), "GENOFLOW_THREADS": "2", **(env or {})}
+    if "DAGSTER_HOME" not in (env or {}):
+        full.pop("DAGSTER_HOME", None)
+    return subprocess.run(
+        [sys.executable, "-m", "genoflow.cli", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -13,21 +13,13 @@ import pytest
 
 from genoflow.manifest import read_manifest
 
-from .conftest import DATA, require_tool
+from .conftest import DATA, require_tool, run_cli
 
 DEMO = DATA / "manifests" / "demo.tsv"
 
 
 def genoflow(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GENOFLOW_HOME": str(home), "GENOFLOW_THREADS": "2"}
-    env.pop("DAGSTER_HOME", None)
-    return subprocess.run(
-        [sys.executable, "-m", "genoflow.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli(home, *args)
 
 
 @pytest.fixture(scope="module")

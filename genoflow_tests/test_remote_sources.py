@@ -10,10 +10,9 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from .conftest import DATA
+from .conftest import DATA, run_cli
 from .gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
 from .signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
 
@@ -23,15 +22,7 @@ GTF = DATA / "manifests" / "demo" / "genes.gtf"
 
 
 def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full = {**os.environ, "GENOFLOW_HOME": str(home), "GENOFLOW_THREADS": "1", **(env or {})}
-    full.pop("DAGSTER_HOME", None)
-    return subprocess.run(
-        [sys.executable, "-m", "genoflow.cli", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(home, *args, env={"GENOFLOW_THREADS": "1", **(env or {})})
 
 
 def _everything_written(home: Path) -> bytes:

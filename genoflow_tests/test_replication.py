@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from genoflow.resources import GenoflowResource
 from genoflow.storage.gcs import make_filesystem
 from genoflow.storage.registry import Registry
 
-from .conftest import DATA
+from .conftest import DATA, run_cli
 from .gcs_emulator import GcsEmulator, gcs_bucket, gcs_emulator  # noqa: F401
 
 # ruff: noqa: F811 - pytest fixtures imported from the emulator module
@@ -116,16 +114,8 @@ def test_a_corrupt_replica_is_never_used_and_is_repaired_by_the_rebuild(
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GENOFLOW_HOME": str(home), "GENOFLOW_THREADS": "1"}
-    env["GENOFLOW_ALLOWED_ROOTS"] = str(DATA)  # manifests here list the demo files
-    env.pop("DAGSTER_HOME", None)
-    return subprocess.run(
-        [sys.executable, "-m", "genoflow.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # Manifests written under tmp_path list the demo files, outside their own folder.
+    return run_cli(home, *args, env={"GENOFLOW_ALLOWED_ROOTS": str(DATA), "GENOFLOW_THREADS": "1"})
 
 
 def test_verify_finds_a_damaged_local_copy_and_repair_restores_it(tmp_path, shared) -> None:
