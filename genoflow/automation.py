@@ -2,9 +2,10 @@
 
 Invariant: ``sorted`` and ``index`` are requested only when an upstream artifact's *data
 version* (its content checksum) changed — a re-staged source with identical bytes cascades
-nothing — and never for an upstream update made by a run that also built them (a whole-chain
-run from the manifest sensor is not followed by a second one). The automation sensor that
-evaluates these conditions is RUNNING by default: Dagster's implicit one starts STOPPED.
+nothing — and never for an upstream update made by a run whose asset selection also held them
+(a whole-chain run from the manifest sensor or the backfill is not followed by a second one).
+The automation sensor that evaluates these conditions is RUNNING by default: Dagster's implicit
+one starts STOPPED.
 
 The tick settings (cron, intervals) are fixed when Dagster loads the definitions, so
 :meth:`AutomationSettings.from_env` is called by the assembler, once per code location load.
@@ -62,17 +63,29 @@ class AutomationSettings:
 
 
 def chain_condition() -> AutomationCondition:
-    """``eager()``, reacting to an upstream data-version change instead of any update."""
+    """Request an asset when an upstream partition's content changed, outside a run building it.
+
+    This is ``eager()`` without its ``newly_missing`` branch, and with ``any_deps_updated``
+    narrowed to a data-version change made by a run that did not also target this asset. A
+    whole-chain run (manifest sensor, backfill) therefore never arms it, however its steps fall
+    between ticks: eager's ``newly_missing`` stays armed from the moment a partition is added
+    until the asset is built, so a tick that sees the source built while the run's own step is
+    not yet visible would launch a second build. A partition that stays missing is the nightly
+    backfill's to build.
+    """
     changed = (
         AutomationCondition.data_version_changed()
         & ~AutomationCondition.executed_with_root_target()
-    ).with_label("data_version_changed_without_root")
-    return AutomationCondition.eager().replace(
-        "any_deps_updated",
-        AutomationCondition.any_deps_match(
-            changed | AutomationCondition.will_be_requested()
-        ).with_label("any_deps_data_changed"),
-    )
+    ).with_label("data_version_changed_elsewhere")
+    trigger = AutomationCondition.any_deps_match(
+        changed | AutomationCondition.will_be_requested()
+    ).with_label("any_deps_data_changed")
+    return (
+        trigger.since_last_handled()
+        & ~AutomationCondition.any_deps_missing()
+        & ~AutomationCondition.any_deps_in_progress()
+        & ~AutomationCondition.in_progress()
+    ).with_label("eager_on_data_change")
 
 
 def automation_sensor(*, minimum_interval_seconds: int) -> AutomationConditionSensorDefinition:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dagster import (
+    AssetKey,
     DefaultSensorStatus,
     RunRequest,
     SensorDefinition,
@@ -213,6 +214,8 @@ def _run_request(row: ManifestRow) -> RunRequest:
         run_key=run_key(row.family, row.md5),
         job_name=job_name(row.family),
         partition_key=row.md5,
+        # Named explicitly so automation sees that this run builds the whole chain.
+        asset_selection=[AssetKey([row.family, asset]) for asset in CHAINS[row.family]],
         tags={
             **partition_tags,
             "genoflow/family": row.family,

@@ -12,6 +12,10 @@ from dagster import (
     instance_for_test,
 )
 from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG
+from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.storage.dagster_run import DagsterRunStatus
+from dagster._core.storage.tags import PARTITION_NAME_TAG
+from dagster._core.test_utils import create_run_for_test
 
 from genoflow.automation import AUTOMATION_SENSOR_NAME, AutomationSettings
 from genoflow.definitions import defs
@@ -94,6 +98,39 @@ def test_a_whole_chain_built_between_ticks_is_not_rebuilt(instance, ticks) -> No
     _built_chain(instance, MD5, "a")
     assert ticks() == {}
     assert ticks() == {}
+
+
+def _built_in_run(instance: DagsterInstance, selection: list[str], md5: str) -> None:
+    """A run selecting ``selection`` of the intervals chain that built only its source."""
+    run = create_run_for_test(
+        instance,
+        job_name="intervals_chain",
+        status=DagsterRunStatus.FAILURE,
+        tags={PARTITION_NAME_TAG: md5},
+        asset_selection=frozenset(AssetKey(["intervals", asset]) for asset in selection),
+    )
+    materialization = AssetMaterialization(
+        asset_key=AssetKey(["intervals", "source"]),
+        partition=md5,
+        tags={DATA_VERSION_TAG: "source-c", CODE_VERSION_TAG: version_of("intervals", "source")},
+    )
+    event = DagsterEvent(
+        event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+        job_name="intervals_chain",
+        event_specific_data=StepMaterializationData(materialization),
+    )
+    instance.report_dagster_event(event, run_id=run.run_id)
+
+
+def test_a_chain_run_that_built_only_its_source_does_not_arm_automation(instance, ticks) -> None:
+    _built_in_run(instance, ["source", "sorted", "index"], MD5)
+    assert ticks() == {}
+    assert ticks() == {}
+
+
+def test_a_run_of_the_source_alone_is_followed_down_the_chain(instance, ticks) -> None:
+    _built_in_run(instance, ["source"], MD5)
+    assert ticks() == {"intervals/sorted": {MD5}, "intervals/index": {MD5}}
 
 
 def test_a_new_partition_waits_for_its_source(instance, ticks) -> None:
