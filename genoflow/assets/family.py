@@ -72,7 +72,7 @@ def _spec(family: str, asset_name: str) -> dict:
         "description": description if isinstance(description, str) else description[family],
         # Formats are kinds (tags the UI filters by, as `kind:vcf`); one asset holds several.
         "tags": {"genoflow/family": family, "genoflow/asset": asset_name},
-        "kinds": {*family_formats(family), "pysam" if asset_name != "source" else "file"},
+        "kinds": set(family_formats(family)),
         "automation_condition": chain_condition() if asset_name != "source" else None,
     }
 
@@ -92,7 +92,7 @@ def family_assets(family: str) -> list[AssetsDefinition]:
                 hint="add the file to a manifest and run `genoflow run MANIFEST`",
             )
         with genoflow.node() as node:
-            built = build_source(node, rows, md5=md5)
+            built = build_source(node, rows, md5=md5, settings=node.settings)
             return _output(built, started, node, source_metadata(rows))
 
     if CHAINS[family] == ("source",):
