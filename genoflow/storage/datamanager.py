@@ -522,7 +522,7 @@ class DataManager:
 
     @contextlib.contextmanager
     def _begin(self) -> Iterator[Connection]:
-        with self.registry.engine.begin() as connection:
+        with self.registry.begin() as connection:
             yield connection
 
     @contextlib.contextmanager

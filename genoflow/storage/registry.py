@@ -10,17 +10,18 @@ write there is an ``ON CONFLICT`` upsert, so racing writers converge on one row.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from genoflow.errors import redact
+from genoflow.errors import StorageError, redact
 
 metadata = sa.MetaData()
 _DDL_LOCK = 0x67656E6F  # "geno": the advisory lock key taken while creating tables
@@ -134,13 +135,42 @@ class Registry:
             url = f"sqlite:///{Path(url).resolve()}"
         self.url = url
         self.engine = _sqlite_engine(url) if url.startswith("sqlite") else sa.create_engine(url)
-        with self.engine.begin() as connection:
+        with self.begin() as connection:
             if connection.dialect.name == "postgresql":
                 # Concurrent CREATE TABLE on PostgreSQL races on its catalogue: serialize it.
                 connection.execute(
                     sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK}
                 )
             metadata.create_all(connection)
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A transaction; a server that cannot be reached becomes a StorageError (stage
+        ``registry``) naming the registry without its password."""
+        with self._reachable(), self.engine.begin() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection for reading, with the same error as :meth:`begin`."""
+        with self._reachable(), self.engine.connect() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _reachable(self) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.OperationalError as exc:
+            # OperationalError is the database's side (down, unreachable, locked, full); the
+            # statement is not shown, only the driver's first line.
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise StorageError(
+                f"the registry cannot be used: {reason}",
+                file=self.engine.url.render_as_string(hide_password=True),
+                stage="registry",
+                hint="check GENOFLOW_REGISTRY_URL and that its database server is running and "
+                "reachable, then run again",
+            ) from exc
 
     def register(self, rows: Iterable[Any]) -> int:
         """Record manifest rows (objects with the ManifestRow fields); return how many were new."""
@@ -163,7 +193,7 @@ class Registry:
         ]
         if not values:
             return 0
-        with self.engine.begin() as connection:
+        with self.begin() as connection:
             before = connection.execute(sa.select(sa.func.count()).select_from(source_rows))
             count = before.scalar_one()
             for chunk in _chunks(values, 500):
@@ -176,7 +206,7 @@ class Registry:
         query = sa.select(source_rows).order_by(source_rows.c.id)
         if md5 is not None:
             query = query.where(source_rows.c.md5 == md5)
-        with self.engine.connect() as connection:
+        with self.connect() as connection:
             return [_to_row(r) for r in connection.execute(query).mappings()]
 
     def md5s(self, family: str | None = None) -> list[str]:
@@ -184,7 +214,7 @@ class Registry:
         query = sa.select(source_rows.c.md5).distinct().order_by(source_rows.c.md5)
         if family is not None:
             query = query.where(source_rows.c.family == family)
-        with self.engine.connect() as connection:
+        with self.connect() as connection:
             return list(connection.execute(query).scalars())
 
     def close(self) -> None:
