@@ -7,6 +7,7 @@ tried, and only when every replica fails does staging fail, naming each reason.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -16,7 +17,10 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from genoflow.checksums import CHUNK
-from genoflow.errors import ChecksumError, GenoflowError, SourceError, redact
+from genoflow.errors import ChecksumError, GenoflowError, SourceError, StorageError, redact
+
+# Writes that fail because the disk (or the process's file size limit, or a quota) is full.
+_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 Opener = Callable[[str], AbstractContextManager[BinaryIO]]
 
@@ -108,8 +112,15 @@ def copy_verified(
                 written += len(chunk)
             out.flush()
             os.fsync(out.fileno())
-    except BaseException:
+    except BaseException as exc:
         dest.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            raise StorageError(
+                f"cannot write the staged copy after {written} bytes: {exc.strerror}",
+                file=name,
+                stage="stage",
+                hint="free space under GENOFLOW_HOME (its cache and work folders), then run again",
+            ) from exc
         raise
     problem = None
     if size is not None and written != size:
