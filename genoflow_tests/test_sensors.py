@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
 
+from genoflow.errors import ManifestError
 from genoflow.jobs import family_job
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import CHAINS
 from genoflow.resources import GenoflowResource
 from genoflow.sensors import chain_version, evaluate, manifest_sensor, run_key
 from genoflow.storage.registry import Registry
-from genoflow.watch import LocalManifests, ManifestCursor
+from genoflow.watch import LocalManifests, ManifestCursor, manifest_location, scan
 
 HEADER = "name\turi\tmd5\tformat\tsize\n"
 
@@ -273,3 +274,26 @@ def test_rows_of_a_later_tick_are_registered_with_their_md5s_run(instance, watch
     assert len(registry.rows()) == 2
     _tick_limited(instance, home, watched, first.cursor, limit=2)
     assert sorted(row.name for row in registry.rows()) == ["f0.bed", "f1.bed", "f2.bed"]
+
+
+def test_hidden_files_other_suffixes_and_subfolders_are_not_manifests(watched) -> None:
+    inputs = _inputs(watched)
+    _manifest(watched, ".batch.tsv.partial", list(inputs.values()))
+    _manifest(watched, ".hidden.tsv", list(inputs.values()))
+    (watched / "older").mkdir()
+    _manifest(watched / "older", "batch.tsv", list(inputs.values()))
+    _manifest(watched, "batch.tsv", list(inputs.values()))
+    assert list(LocalManifests(watched).listing().hashes) == ["batch.tsv"]
+
+
+def test_two_new_copies_of_one_manifest_are_read_once(watched) -> None:
+    inputs = list(_inputs(watched).values())
+    _manifest(watched, "a.tsv", inputs)
+    _manifest(watched, "b.tsv", inputs)
+    result = scan(ManifestCursor(), LocalManifests(watched).listing())
+    assert (result.changed, result.moved) == (["a.tsv"], ["b.tsv"])
+
+
+def test_a_gs_manifest_location_is_refused_with_what_to_do() -> None:
+    with pytest.raises(ManifestError, match="set GENOFLOW_MANIFESTS to a local folder"):
+        manifest_location({"GENOFLOW_MANIFESTS": "gs://bucket/manifests"})
