@@ -288,8 +288,8 @@ def _publish_object(dst: Location, path: str, staged: Staged) -> ObjectInfo:
         info = dst.put(staged.marker_file, marker_path(path), if_absent=True)
     except AlreadyExists:
         raise  # the data objects now belong to the winner's artifact too: keep them
-    except BaseException:
-        _delete_all(dst, written)
+    except BaseException as exc:
+        _delete_after_failure(dst, written, exc)
         raise
     marker_entry = FileEntry(
         MARKER, staged.marker_file.stat().st_size, md5_file(staged.marker_file)
@@ -312,6 +312,22 @@ def _publish_object(dst: Location, path: str, staged: Staged) -> ObjectInfo:
 def _delete_all(location: Location, names: list[str]) -> None:
     for name in names:
         location.delete(name)
+
+
+def _delete_after_failure(location: Location, names: list[str], failure: BaseException) -> None:
+    """Delete a failed copy's objects; if the store refuses that too, ``failure`` stays the error.
+
+    A store that just failed an upload usually fails the deletes as well: reporting the delete
+    would hide why the copy failed. Objects left without their marker are no artifact, and the
+    next copy of the artifact overwrites them.
+    """
+    try:
+        _delete_all(location, names)
+    except StorageError as cleanup:
+        failure.add_note(
+            f"its data objects could not be removed ({cleanup.message}); without {MARKER} they "
+            "are no artifact, and the next copy overwrites them"
+        )
 
 
 def remove(location: Location, path: str, scratch: Path, *, names: list[str]) -> None:
