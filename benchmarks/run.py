@@ -2,9 +2,11 @@
 
 Invariant: both sides of a comparison see the same input, memory cap and thread count, run as
 a child process in a fresh work folder of their own, and are measured the same way: wall clock
-around the child, CPU (user + sys) and peak RSS from ``os.wait4``, which covers the child and
-every descendant it waited for. Sides alternate (genoflow first on even repeats, the reference
-first on odd ones) and the table reports medians.
+around the child, CPU (user + sys) and the largest single process's peak RSS from ``os.wait4``
+(which covers the child and every descendant it waited for), plus the peak of the summed RSS of
+every process in the child's session, sampled every 50 ms. Sides alternate (genoflow first on
+even repeats, the reference first on odd ones) and the table reports medians. A last run checks
+genoflow's total memory on a ~1 GB input against the cap plus 200 MB.
 
 Usage: ``python benchmarks/run.py [--families bam,vcf,bed] [--scale 0.1] [--repeats 3]``
 """
@@ -12,40 +14,22 @@ Usage: ``python benchmarks/run.py [--families bam,vcf,bed] [--scale 0.1] [--repe
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from measure import Run, measure, terminate
+from report import report
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
 FORMAT = {"bam": "bam", "vcf": "vcf", "bed": "bed"}
 TOOLS = ("samtools", "bgzip", "tabix", "sort", "grep", "bash")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One measured execution of one side."""
-
-    family: str
-    side: str
-    repeat: int
-    wall: float
-    cpu: float
-    rss_mb: float
-    out_mb: float
-    error: str | None = None
 
 
 def reference_command(family: str, src: Path, *, memory: int, threads: int) -> str:
@@ -73,7 +57,10 @@ def genoflow_command(family: str, src: Path, *, memory: int, threads: int) -> li
 
 
 def child(spec: dict) -> None:
-    """Run genoflow's sort then index on one input, in the current folder (the genoflow side)."""
+    """Run genoflow's sort then index on one input, in the current folder (the genoflow side).
+
+    Writes ``engine.json``: which engine each step used and the tools' versions.
+    """
     src, threads, memory = Path(spec["src"]), spec["threads"], spec["memory"]
     work = Path.cwd()
     for sub in ("tmp", "sorted", "index"):
@@ -85,7 +72,7 @@ def child(spec: dict) -> None:
             src, work / "sorted", work_dir=work / "tmp", memory=memory, threads=threads,
             name=src.name,
         )  # fmt: skip
-        index_alignments(done.files[0], work / "index", threads=threads, name=src.name)
+        index = index_alignments(done.files[0], work / "index", threads=threads, name=src.name)
     else:
         from genoflow.processors.intervals import index_intervals, sort_intervals
 
@@ -94,45 +81,14 @@ def child(spec: dict) -> None:
             src, work / "sorted", fmt=fmt, work_dir=work / "tmp", memory=memory,
             threads=threads, name=src.name,
         )  # fmt: skip
-        index_intervals(done.files[0], work / "index", fmt=fmt, name=src.name)
-
-
-def _terminate(signum: int, frame: object) -> None:
-    # `timeout` signals both the process and its group: ignore the repeat so cleanup can finish.
-    signal.signal(signum, signal.SIG_IGN)
-    raise SystemExit(128 + signum)
-
-
-def _kill_group(pid: int) -> None:
-    # A group that has already exited leaves nothing to stop.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def measure(
-    argv: list[str], *, cwd: Path, timeout: float
-) -> tuple[float, float, float, str | None]:
-    """Run ``argv`` in its own process group; return wall s, CPU s, peak RSS MB and any error."""
-    with open(cwd / "stdout.log", "wb") as out, open(cwd / "stderr.log", "wb") as err:
-        began = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, start_new_session=True)
-        timer = threading.Timer(timeout, _kill_group, (proc.pid,))
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            _kill_group(proc.pid)
-            raise
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - began
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
-    error = None
-    if code != 0:
-        tail = (cwd / "stderr.log").read_bytes()[-600:].decode("utf-8", "replace").strip()
-        reason = f"killed after {timeout:g} s" if wall >= timeout else f"exit {code}"
-        error = f"{reason}: {tail.splitlines()[-1] if tail else 'no message'}"
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, error
+        index = index_intervals(
+            done.files[0], work / "index", fmt=fmt, name=src.name, threads=threads
+        )
+    facts = {
+        key: {k: step.metadata.get(k) for k in ("engine", "engine_versions", "sort_path")}
+        for key, step in (("sort", done), ("index", index))
+    }
+    (work / "engine.json").write_text(json.dumps(facts))
 
 
 def run_side(family: str, side: str, repeat: int, src: Path, args: argparse.Namespace) -> Run:
@@ -140,16 +96,19 @@ def run_side(family: str, side: str, repeat: int, src: Path, args: argparse.Name
     work = WORK / family / f"{side}-{repeat}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "tmp").mkdir(parents=True)
+    env = None
     try:
         if side == "genoflow":
             argv = genoflow_command(family, src, memory=args.memory, threads=args.threads)
+            env = {**os.environ, "GENOFLOW_ENGINE": args.engine}
         else:
             cmd = reference_command(family, src, memory=args.memory, threads=args.threads)
             argv = ["bash", "-o", "pipefail", "-c", cmd]
-        wall, cpu, rss, error = measure(argv, cwd=work, timeout=args.timeout)
+        wall, cpu, rss, tree, error = measure(argv, cwd=work, timeout=args.timeout, env=env)
+        engine = _engine_of(work) if side == "genoflow" and error is None else ""
         outputs = [
             p for p in work.rglob("*")
-            if p.is_file() and p.suffix != ".log" and (work / "tmp") not in p.parents
+            if p.is_file() and p.suffix not in (".log", ".json") and (work / "tmp") not in p.parents
         ]  # fmt: skip
         if error is None and not any(p.name.endswith((".bai", ".csi", ".tbi")) for p in outputs):
             error = "finished without writing an index"
@@ -157,102 +116,15 @@ def run_side(family: str, side: str, repeat: int, src: Path, args: argparse.Name
         out_mb = sum({p.stat().st_ino: p.stat().st_size for p in outputs}.values()) / 1e6
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Run(family, side, repeat, wall, cpu, rss, out_mb, error)
+    return Run(family, side, repeat, wall, cpu, rss, out_mb, tree, engine, error)
 
 
-def fmt_ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b > 0 else "–"
-
-
-def table(runs: list[Run], inputs: dict[str, str]) -> str:
-    """Median per family and side, with genoflow/reference ratios on the genoflow row."""
-    lines = [
-        "| work | side | wall s | CPU s | peak RSS MB | output MB "
-        "| ratio wall | ratio CPU | ratio RSS |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for family in dict.fromkeys(r.family for r in runs):
-        med = {}
-        for side in ("genoflow", "reference"):
-            ok = [r for r in runs if r.family == family and r.side == side and r.error is None]
-            if ok:
-                med[side] = [statistics.median(getattr(r, k) for r in ok) for k in
-                             ("wall", "cpu", "rss_mb", "out_mb")]  # fmt: skip
-        for side in ("genoflow", "reference"):
-            if side not in med:
-                lines.append(f"| {inputs[family]} | {side} | failed | | | | | | |")
-                continue
-            wall, cpu, rss, out = med[side]
-            ratios = " | ".join([""] * 3)
-            if side == "genoflow" and "reference" in med:
-                ref = med["reference"]
-                ratios = " | ".join(
-                    fmt_ratio(m, r) for m, r in zip(med[side][:3], ref[:3], strict=True)
-                )
-            lines.append(
-                f"| {inputs[family]} | {side} | {wall:.1f} | {cpu:.1f} | {rss:.0f} | {out:.1f} "
-                f"| {ratios} |"
-            )
-    return "\n".join(lines)
-
-
-def raw_table(runs: list[Run]) -> str:
-    lines = [
-        "| family | repeat | side | wall s | CPU s | peak RSS MB | error |",
-        "| --- " * 7 + "|",
-    ]
-    for r in runs:
-        lines.append(
-            f"| {r.family} | {r.repeat} | {r.side} | {r.wall:.1f} | {r.cpu:.1f} | "
-            f"{r.rss_mb:.0f} | {r.error or ''} |"
-        )
-    return "\n".join(lines)
-
-
-def _first_line(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
-    except OSError as exc:
-        return f"unavailable ({exc.strerror})"
-    # Version banners are not always UTF-8 (samtools prints a Latin-1 copyright sign).
-    text = (done.stdout or done.stderr).decode("utf-8", "replace")
-    return text.splitlines()[0] if text else "?"
-
-
-def machine() -> list[str]:
-    """Facts about this machine and the tools on both sides, one markdown bullet each."""
-    import pysam.version
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
-                  if ln.startswith("model name")), platform.processor() or "?")  # fmt: skip
-    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    mem_kb = next((int(ln.split()[1]) for ln in meminfo.splitlines()
-                   if ln.startswith("MemTotal")), 0)  # fmt: skip
-    return [
-        f"CPU: {model}, {os.cpu_count()} logical cores",
-        f"Memory: {mem_kb / (1 << 20):.1f} GiB; OS: {platform.system()} {platform.release()}",
-        f"Python {platform.python_version()}; pysam {pysam.version.__version__} "
-        f"(htslib {pysam.version.__htslib_version__}, "
-        f"samtools {pysam.version.__samtools_version__})",
-        f"Reference tools: {_first_line(['samtools', '--version'])}; "
-        f"{_first_line(['bgzip', '--version'])}; {_first_line(['sort', '--version'])}",
-    ]
-
-
-def report(runs: list[Run], inputs: dict[str, str], args: argparse.Namespace) -> str:
-    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = shlex.join(["python", "benchmarks/run.py", *args.argv])
-    facts = "\n".join(f"- {fact}" for fact in machine())
-    return (
-        "# Benchmark results\n\n"
-        f"Run on {today} with `{command}`: {args.repeats} repeat(s), memory cap "
-        f"{args.memory >> 20} MiB and {args.threads} threads on both sides.\n\n"
-        f"{facts}\n\n## Medians\n\n{table(runs, inputs)}\n\n"
-        "Ratios are genoflow / reference (below 1: genoflow is cheaper). "
-        "See benchmarks/README.md for what each side runs and how to read this.\n\n"
-        f"## Every run\n\n{raw_table(runs)}\n"
-    )
+def _engine_of(work: Path) -> str:
+    """``htslib-cli (bgzip 1.16, tabix 1.16)``, from the genoflow side's ``engine.json``."""
+    facts = json.loads((work / "engine.json").read_text())["sort"]
+    versions = ", ".join(f"{tool} {v}" for tool, v in (facts["engine_versions"] or {}).items())
+    path = f"; {facts['sort_path']} sort" if facts.get("sort_path") else ""
+    return f"{facts['engine']} ({versions}){path}"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -266,6 +138,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="threads per side")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per command")
     parser.add_argument("--output", type=Path, default=HERE / "results.md")
+    parser.add_argument(
+        "--engine", default="auto", choices=("auto", "htslib-cli", "pysam"),
+        help="GENOFLOW_ENGINE for the genoflow side",
+    )  # fmt: skip
+    parser.add_argument(
+        "--peak-family", default="bed", choices=(*FORMAT, "none"),
+        help="family whose large input checks the memory cap (none: skip the check)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--peak-scale", type=float, default=7.0, help="size of that input (7 = ~1 GB of BED)"
+    )
     args = parser.parse_args(argv)
     args.memory, args.argv = parse_memory(args.memory), argv
     args.families = args.families.split(",")
@@ -287,7 +170,7 @@ def main(argv: list[str]) -> int:
     from generate import ensure_input
 
     # Turn SIGTERM (e.g. from `timeout`) into an exception, so measure() stops the child's group.
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
 
     runs: list[Run] = []
     inputs: dict[str, str] = {}
@@ -303,10 +186,25 @@ def main(argv: list[str]) -> int:
                 status = f"FAILED {run.error}" if run.error else f"{run.wall:.1f} s"
                 print(f"{family} #{repeat} {side}: {status}", flush=True)
         shutil.rmtree(WORK / family, ignore_errors=True)
-    text = report(runs, inputs, args)
+    peak = peak_memory(args, ensure_input)
+    text = report(runs, inputs, args, peak)
     args.output.write_text(text)
     print(text)
-    return 1 if any(r.error for r in runs) else 0
+    failed = any(r.error for r in runs) or (peak is not None and peak[0].error is not None)
+    return 1 if failed else 0
+
+
+def peak_memory(args: argparse.Namespace, ensure_input: Any) -> tuple[Run, str] | None:
+    """Run the genoflow side once on the large input; return the run and the input's label."""
+    if args.peak_family == "none":
+        return None
+    src = ensure_input(args.peak_family, scale=args.peak_scale)
+    size = src.stat().st_size / 1e6
+    run = run_side(args.peak_family, "genoflow", 0, src, args)
+    shutil.rmtree(WORK / args.peak_family, ignore_errors=True)
+    status = f"FAILED {run.error}" if run.error else f"{run.wall:.1f} s, {run.tree_mb:.0f} MB"
+    print(f"peak memory {args.peak_family} {size:.0f} MB: {status}", flush=True)
+    return run, f"{args.peak_family.upper()} sort+index, {size:.0f} MB"
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import random
 import subprocess
 from functools import partial
@@ -21,6 +22,8 @@ from genoflow.processors.alignments import (
     sort_alignments,
 )
 from genoflow.processors.base import Result, SortCheck
+
+from .conftest import require_tool
 
 CONTIGS = [("chr1", 50_000), ("chr2", 40_000), ("chrM", 16_569)]
 LONG_CONTIGS = [("chr1", 50_000), ("giant", CSI_THRESHOLD + 100_000)]
@@ -82,6 +85,28 @@ def _sam_text() -> bytes:
     return b"".join(lines)
 
 
+@pytest.fixture(params=["htslib-cli", "pysam"])
+def engine(request, monkeypatch) -> str:
+    """Run the test once with Debian's samtools on PATH, once with pysam's samtools only."""
+    if request.param == "htslib-cli":
+        require_tool("samtools")
+    monkeypatch.setenv("GENOFLOW_ENGINE", request.param)
+    return request.param
+
+
+def _fake_samtools(folder: Path, *, sort_says: str, version: str = "1.16.1") -> Path:
+    """A samtools that reports ``version`` and fails every other command with a message."""
+    folder.mkdir()
+    script = folder / "samtools"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = --version ]; then echo "samtools {version}"; exit 0; fi\n'
+        f"echo '{sort_says}' >&2\nexit 1\n"
+    )
+    script.chmod(0o755)
+    return folder
+
+
 def _sort(src: Path, tmp_path: Path, *, memory: int = MEMORY, threads: int = 1, tag: str = ""):
     out, work = tmp_path / f"out{tag}", tmp_path / f"work{tag}"
     out.mkdir()
@@ -119,7 +144,7 @@ def _inputs(tmp_path: Path, container: str) -> Path:
 
 
 @pytest.mark.parametrize("container", ["bam", "sam", "sam.gz", "bgzf"])
-def test_sorts_records_exactly_as_samtools_sort(samtools, tmp_path, container):
+def test_sorts_records_exactly_as_samtools_sort(samtools, tmp_path, container, engine):
     src = _inputs(tmp_path, container)
     result = _sort(src, tmp_path)
     assert _tool(samtools, "view", result.files[0]) == _oracle_sorted_records(
@@ -153,14 +178,87 @@ def test_reports_container_contigs_and_mapping_counts(tmp_path):
     assert meta["sort_order"] == "coordinate"
 
 
-def test_two_builds_of_one_input_are_byte_identical(tmp_path):
+def test_two_builds_of_one_input_are_byte_identical(tmp_path, engine):
     src = _bam(tmp_path)
-    first = _sort(src, tmp_path, tag="a").files[0]
-    second = _sort(src, tmp_path, tag="b").files[0]
-    assert first.read_bytes() == second.read_bytes()
+    first = _sort(src, tmp_path, tag="a").files
+    second = _sort(src, tmp_path, tag="b").files
+    assert [f.read_bytes() for f in first] == [f.read_bytes() for f in second]
 
 
-def test_tiny_memory_cap_spills_runs_and_keeps_the_same_records(samtools, tmp_path):
+def test_both_engines_write_the_same_records(samtools, tmp_path, monkeypatch):
+    src = _inputs(tmp_path, "sam.gz")
+    monkeypatch.setenv("GENOFLOW_ENGINE", "htslib-cli")
+    cli = _sort(src, tmp_path, tag="cli")
+    monkeypatch.setenv("GENOFLOW_ENGINE", "pysam")
+    wheel = _sort(src, tmp_path, tag="pysam")
+    view = (samtools, "view", "-h", "--no-PG")
+    assert _tool(*view, cli.files[0]) == _tool(*view, wheel.files[0])
+
+
+def test_records_the_engine_and_its_tool_versions(tmp_path, engine):
+    meta = _sort(_bam(tmp_path), tmp_path).metadata
+    assert meta["engine"] == engine
+    tool = "samtools" if engine == "htslib-cli" else "pysam"
+    assert meta["engine_versions"][tool]
+
+
+def test_auto_engine_falls_back_to_pysam_without_samtools_on_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("GENOFLOW_ENGINE", raising=False)
+    assert _sort(_bam(tmp_path), tmp_path).metadata["engine"] == "pysam"
+
+
+def test_cli_engine_refuses_to_run_without_samtools(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("GENOFLOW_ENGINE", "htslib-cli")
+    with pytest.raises(ProcessingError, match="samtools is not on PATH") as caught:
+        _sort(_bam(tmp_path), tmp_path)
+    assert caught.value.stage == "sort"
+
+
+def test_auto_engine_passes_over_a_samtools_older_than_1_10(tmp_path, monkeypatch):
+    fake = _fake_samtools(tmp_path / "bin", sort_says="unused", version="1.9")
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("GENOFLOW_ENGINE", raising=False)
+    assert _sort(_bam(tmp_path), tmp_path).metadata["engine"] == "pysam"
+
+
+def test_cli_engine_refuses_a_samtools_older_than_1_10(tmp_path, monkeypatch):
+    fake = _fake_samtools(tmp_path / "bin", sort_says="unused", version="1.9")
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("GENOFLOW_ENGINE", "htslib-cli")
+    with pytest.raises(ProcessingError, match=r"below 1\.10"):
+        _sort(_bam(tmp_path), tmp_path)
+
+
+def test_rejects_an_unknown_engine_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENOFLOW_ENGINE", "turbo")
+    with pytest.raises(ProcessingError, match="GENOFLOW_ENGINE"):
+        _sort(_bam(tmp_path), tmp_path)
+
+
+def test_a_failing_samtools_fails_the_step_with_its_message_and_leaves_nothing(
+    tmp_path, monkeypatch
+):
+    fake = _fake_samtools(tmp_path / "bin", sort_says="[bam_sort_core] no space left on device")
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("GENOFLOW_ENGINE", "htslib-cli")
+    src = _bam(tmp_path)
+    with pytest.raises(ProcessingError) as caught:
+        _sort(src, tmp_path)
+    assert (caught.value.file, caught.value.stage) == (src.name, "sort")
+    assert "no space left on device" in caught.value.message
+    assert list((tmp_path / "out").iterdir()) == list((tmp_path / "work").iterdir()) == []
+
+
+def test_writes_the_index_beside_the_sorted_bam(samtools, tmp_path, engine):
+    result = _sort(_bam(tmp_path), tmp_path)
+    assert [f.name for f in result.files] == ["sorted.bam", "sorted.bam.bai"]
+    chr1 = int(_tool(samtools, "view", "-c", result.files[0], "chr1"))
+    assert chr1 == query_index(result.files[0], name="x")["chr1"] > 0
+
+
+def test_tiny_memory_cap_spills_runs_and_keeps_the_same_records(samtools, tmp_path, engine):
     src = _bam(tmp_path, count=30_000)
     spilled = _sort(src, tmp_path, memory=2 << 20, threads=2, tag="small")
     in_memory = _sort(src, tmp_path, memory=512 << 20, tag="large")
@@ -279,7 +377,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_rejects_bad_input_naming_file_and_stage(tmp_path, case):
+def test_rejects_bad_input_naming_file_and_stage(tmp_path, case, engine):
     make, words = BAD_INPUTS[case]
     src = make(tmp_path)
     with pytest.raises(ProcessingError) as caught:
@@ -289,7 +387,7 @@ def test_rejects_bad_input_naming_file_and_stage(tmp_path, case):
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_leaves_out_and_work_dirs_empty_after_rejecting(tmp_path, case):
+def test_leaves_out_and_work_dirs_empty_after_rejecting(tmp_path, case, engine):
     src = BAD_INPUTS[case][0](tmp_path)
     with pytest.raises(ProcessingError):
         _sort(src, tmp_path)
@@ -332,16 +430,33 @@ UNSORTED_FOR_INDEX = {
 }
 
 
-def test_indexes_short_contigs_with_bai(tmp_path):
+def test_indexes_short_contigs_with_bai(tmp_path, engine):
     _, result = _indexed(tmp_path, "bai")
     assert [f.name for f in result.files] == ["sorted.bam", "sorted.bam.bai"]
-    assert result.metadata == {"index": "bai"}
+    assert result.metadata["index"] == "bai"
 
 
-def test_indexes_with_csi_when_a_contig_reaches_two_to_the_29(tmp_path):
+def test_indexes_with_csi_when_a_contig_reaches_two_to_the_29(tmp_path, engine):
     _, result = _indexed(tmp_path, "csi")
     assert [f.name for f in result.files] == ["sorted.bam", "sorted.bam.csi"]
-    assert result.metadata == {"index": "csi"}
+    assert result.metadata["index"] == "csi"
+
+
+def test_index_adopts_the_index_sort_wrote(tmp_path, engine):
+    data, result = _indexed(tmp_path, "bai")
+    assert result.metadata["index_built_by"] == "sort"
+    assert result.files[1].read_bytes() == Path(f"{data}.bai").read_bytes()
+
+
+def test_index_rebuilds_an_index_older_than_its_bam(tmp_path, engine):
+    data = _sort(_bam(tmp_path), tmp_path, tag="-sorted").files[0]
+    stale = Path(f"{data}.bai").stat().st_mtime_ns - 10**9
+    os.utime(Path(f"{data}.bai"), ns=(stale, stale))
+    out = tmp_path / "indexed"
+    out.mkdir()
+    result = index_alignments(data, out, threads=1, name="x")
+    assert result.metadata["index_built_by"] == "index"
+    assert result.records_out == 360
 
 
 @pytest.mark.parametrize(("length", "kind"), [(CSI_THRESHOLD - 1, "bai"), (CSI_THRESHOLD, "csi")])
@@ -350,7 +465,7 @@ def test_switches_to_csi_exactly_at_two_to_the_29(tmp_path, length, kind):
     bam = _write(tmp_path / "edge.bam", header, [_read(header, "a", 0, 100)])
     out = tmp_path / "out"
     out.mkdir()
-    assert index_alignments(bam, out, threads=1, name="edge.bam").metadata == {"index": kind}
+    assert index_alignments(bam, out, threads=1, name="edge.bam").metadata["index"] == kind
 
 
 def test_index_places_the_unchanged_data_beside_it(tmp_path):
@@ -373,7 +488,7 @@ def test_samtools_idxstats_reads_the_index(samtools, tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["bai", "csi"])
-def test_index_answers_region_queries_like_samtools_view(samtools, tmp_path, kind):
+def test_index_answers_region_queries_like_samtools_view(samtools, tmp_path, kind, engine):
     _, result = _indexed(tmp_path, kind)
     counts = query_index(result.files[0].parent, name="x")
     expected = {c: int(_tool(samtools, "view", "-c", result.files[0], c)) for c in counts}
@@ -401,14 +516,15 @@ def test_query_accepts_the_bam_path_next_to_its_index(tmp_path):
 
 
 def test_query_rejects_a_bam_without_index(tmp_path):
-    data = _sort(_bam(tmp_path), tmp_path).files[0]
+    data, index = _sort(_bam(tmp_path), tmp_path).files
+    index.unlink()
     with pytest.raises(ProcessingError) as caught:
         query_index(data, name="plain.bam")
     assert (caught.value.file, caught.value.stage) == ("plain.bam", "query")
 
 
 @pytest.mark.parametrize("case", list(UNSORTED_FOR_INDEX))
-def test_rejects_indexing_a_bam_not_in_coordinate_order(tmp_path, case):
+def test_rejects_indexing_a_bam_not_in_coordinate_order(tmp_path, case, engine):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ProcessingError, match="coordinate") as caught:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import random
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,9 +15,10 @@ import pysam
 import pytest
 
 from genoflow.errors import ProcessingError
-from genoflow.processors import intervals
+from genoflow.processors import chunks
 from genoflow.processors.base import Result, SortCheck
 from genoflow.processors.bigbed import bigbed_to_bed
+from genoflow.processors.chunks import ChunkValidator, Irregular
 from genoflow.processors.intervals import (
     CSI_THRESHOLD,
     check_sorted,
@@ -23,6 +26,11 @@ from genoflow.processors.intervals import (
     query_index,
     sort_intervals,
 )
+from genoflow.processors.records import RecordReader
+from genoflow.processors.reorder import BlockReorder
+from genoflow.processors.sortjob import SortJob
+
+from .conftest import require_tool
 
 CONTIGS = ["chr1", "chr2", "chr10", "chrX", "chr1_random"]
 VCF_HEADER = (
@@ -45,6 +53,42 @@ uint score; "Score"
 char[1] strand; "Strand"
 )
 """
+
+
+# ---------------------------------------------------------------- engines and paths
+
+
+@pytest.fixture(params=["htslib-cli", "pysam"])
+def engine(request, monkeypatch) -> str:
+    """Run the test once with bgzip and tabix on PATH, once with pysam's htslib only."""
+    if request.param == "htslib-cli":
+        require_tool("bgzip")
+        require_tool("tabix")
+    monkeypatch.setenv("GENOFLOW_ENGINE", request.param)
+    return request.param
+
+
+@pytest.fixture(params=["by line", "by chunk"])
+def validation(request, monkeypatch) -> str:
+    """Validate records line by line (small files), or a chunk at a time with pandas."""
+    if request.param == "by chunk":
+        monkeypatch.setattr(chunks, "VECTORISE_ABOVE", 0)
+        monkeypatch.setattr(chunks, "MIN_FRAME", 0)
+    return request.param
+
+
+def fake_tool(folder: Path, tool: str, *, says: str, reads_input: bool) -> Path:
+    """A ``tool`` reporting version 1.16 that fails everything else with ``says`` on stderr."""
+    folder.mkdir(exist_ok=True)
+    script = folder / tool
+    drain = "cat > /dev/null\n" if reads_input else ""
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = --version ]; then echo "{tool} (htslib) 1.16"; exit 0; fi\n'
+        f"{drain}echo '{says}' >&2\nexit 2\n"
+    )
+    script.chmod(0o755)
+    return folder
 
 
 # ---------------------------------------------------------------- input generators
@@ -155,7 +199,7 @@ def write_bigbed(path: Path, records: list[tuple[str, int, int, str]]) -> Path:
     ],
 )
 def test_tabix_returns_the_reference_sort_for_every_contig(
-    tmp_path, tabix, fmt, header, make, start_field
+    tmp_path, tabix, fmt, header, make, start_field, engine, validation
 ):
     lines = make(random.Random(fmt))
     src = write(tmp_path / f"in.{fmt}.gz", text(header, lines), "gzip")
@@ -180,7 +224,9 @@ def test_tabix_lists_the_contigs_of_every_format(tmp_path, tabix, fmt):
     assert sorted(listed) == sorted({line.split(b"\t")[0].decode() for line in lines})
 
 
-def test_vcf_matches_bcftools_sort_and_keeps_the_header(tmp_path, tabix, bcftools):
+def test_vcf_matches_bcftools_sort_and_keeps_the_header(
+    tmp_path, tabix, bcftools, engine, validation
+):
     lines = vcf_lines(random.Random(3), 40)
     src = write(tmp_path / "in.vcf", text(VCF_HEADER, lines))
     result = sort_and_index(tmp_path, src, "vcf")
@@ -190,7 +236,7 @@ def test_vcf_matches_bcftools_sort_and_keeps_the_header(tmp_path, tabix, bcftool
     assert run([tabix, "-H", str(result.files[0])]) == VCF_HEADER
 
 
-def test_vcf_follows_the_header_contig_order(tmp_path, tabix):
+def test_vcf_follows_the_header_contig_order(tmp_path, tabix, engine):
     src = write(tmp_path / "in.vcf", text(VCF_HEADER, vcf_lines(random.Random(4), 3)))
     result = sort_and_index(tmp_path, src, "vcf")
     assert run([tabix, "-l", str(result.files[0])]).split() == [b"chr2", b"chr10", b"chr1"]
@@ -222,7 +268,7 @@ def test_gtf_is_sorted_on_column_four(tmp_path):
     assert data_lines(result.files[0]) == lines
 
 
-def test_outputs_pass_bgzip_integrity_test(tmp_path, bgzip):
+def test_outputs_pass_bgzip_integrity_test(tmp_path, bgzip, engine):
     src = write(tmp_path / "in.bed", text(b"", bed_lines(random.Random(1), 3000)))
     result = sort_file(tmp_path, src, "bed")
     subprocess.run([bgzip, "-t", str(result.files[0])], check=True)
@@ -236,7 +282,7 @@ def test_bed_with_track_and_browser_lines_is_queryable(tmp_path, tabix):
     assert run([tabix, str(result.files[0]), "chr1:21-25"]) == b"chr1\t20\t30\ta\n"
 
 
-def test_positions_beyond_2_29_get_a_queryable_csi(tmp_path, tabix):
+def test_positions_beyond_2_29_get_a_queryable_csi(tmp_path, tabix, engine):
     far = CSI_THRESHOLD + 70_000_000
     lines = [f"chr1\t{far}\t{far + 50}\tfar".encode(), b"chr1\t10\t20\tnear"]
     result = sort_and_index(tmp_path, write(tmp_path / "in.bed", text(b"", lines)), "bed")
@@ -259,11 +305,62 @@ def test_gzip_bgzf_and_plain_inputs_give_identical_bytes(tmp_path):
     assert outputs[0] == outputs[1] == outputs[2]
 
 
-def test_output_bytes_are_identical_across_runs(tmp_path):
+def test_output_bytes_are_identical_across_runs(tmp_path, engine):
     src = write(tmp_path / "in.bed", text(b"", bed_lines(random.Random(6), 2000)))
-    first = sort_file(tmp_path / "a", src, "bed").files[0].read_bytes()
-    second = sort_file(tmp_path / "b", src, "bed").files[0].read_bytes()
-    assert first == second
+    first = sort_file(tmp_path / "a", src, "bed").files
+    second = sort_file(tmp_path / "b", src, "bed").files
+    assert [f.read_bytes() for f in first] == [f.read_bytes() for f in second]
+
+
+def test_chunked_validation_writes_the_same_bytes_as_line_validation(tmp_path, monkeypatch):
+    src = write(tmp_path / "in.vcf", text(VCF_HEADER, vcf_lines(random.Random(16), 300)))
+    by_line = sort_file(tmp_path / "a", src, "vcf")
+    monkeypatch.setattr(chunks, "VECTORISE_ABOVE", 0)
+    monkeypatch.setattr(chunks, "MIN_FRAME", 0)
+    by_chunk = sort_file(tmp_path / "b", src, "vcf")
+    assert by_chunk.files[0].read_bytes() == by_line.files[0].read_bytes()
+    assert by_chunk.metadata == by_line.metadata
+
+
+def test_both_engines_write_the_same_records(tmp_path, tabix, bgzip, monkeypatch):
+    src = write(tmp_path / "in.vcf.gz", text(VCF_HEADER, vcf_lines(random.Random(17), 50)), "bgzf")
+    monkeypatch.setenv("GENOFLOW_ENGINE", "htslib-cli")
+    cli = sort_file(tmp_path / "cli", src, "vcf")
+    monkeypatch.setenv("GENOFLOW_ENGINE", "pysam")
+    wheel = sort_file(tmp_path / "pysam", src, "vcf")
+    assert run([tabix, "-h", str(cli.files[0]), "chr1"]) == run(
+        [tabix, "-h", str(wheel.files[0]), "chr1"]
+    )
+    assert gzip.decompress(cli.files[0].read_bytes()) == gzip.decompress(
+        wheel.files[0].read_bytes()
+    )
+
+
+def test_records_the_engine_and_its_tool_versions(tmp_path, engine):
+    src = write(tmp_path / "in.bed", b"chr1\t1\t2\n")
+    meta = sort_file(tmp_path, src, "bed").metadata
+    assert meta["engine"] == engine
+    tools = ["bgzip", "tabix"] if engine == "htslib-cli" else ["pysam", "htslib"]
+    assert sorted(meta["engine_versions"]) == sorted(tools)
+
+
+def test_auto_engine_falls_back_to_pysam_without_htslib_tools(tmp_path, monkeypatch):
+    only_sort = tmp_path / "bin"
+    only_sort.mkdir()
+    (only_sort / "sort").symlink_to(shutil.which("sort") or "sort")
+    monkeypatch.setenv("PATH", str(only_sort))
+    monkeypatch.delenv("GENOFLOW_ENGINE", raising=False)
+    src = write(tmp_path / "in.bed", b"chr1\t1\t2\n")
+    assert sort_file(tmp_path, src, "bed").metadata["engine"] == "pysam"
+
+
+def test_sorts_plain_records_directly_and_irregular_files_line_by_line(tmp_path):
+    lines = bed_lines(random.Random(18), 100)
+    plain = sort_file(tmp_path / "a", write(tmp_path / "a.bed", text(b"", lines)), "bed")
+    mixed = [*lines[:50], b"#note", *lines[50:]]
+    moved = sort_file(tmp_path / "b", write(tmp_path / "b.bed", text(b"", mixed)), "bed")
+    assert (plain.metadata["sort_path"], moved.metadata["sort_path"]) == ("direct", "streamed")
+    assert data_lines(plain.files[0]) == data_lines(moved.files[0])
 
 
 def test_keeps_latin1_bytes_unchanged(tmp_path, tabix):
@@ -274,7 +371,7 @@ def test_keeps_latin1_bytes_unchanged(tmp_path, tabix):
     assert query_index(result.files[0], fmt="vcf", name="in.vcf") == {"chr1": 1}
 
 
-def test_spills_under_a_tiny_memory_cap_and_stays_correct(tmp_path):
+def test_spills_under_a_tiny_memory_cap_and_stays_correct(tmp_path, validation):
     lines = bed_lines(random.Random(8), 20_000)
     src = write(tmp_path / "in.bed", text(b"", lines))
     result = sort_file(tmp_path, src, "bed", memory=64 << 10)
@@ -355,6 +452,15 @@ def test_normalises_crlf_line_endings(tmp_path):
     assert from_crlf.files[0].read_bytes() == from_lf.files[0].read_bytes()
 
 
+def test_streamed_and_direct_paths_write_identical_bytes(tmp_path, engine):
+    lines = vcf_lines(random.Random(19), 30)
+    crlf = text(VCF_HEADER, lines).replace(b"\n", b"\r\n")
+    direct = sort_file(tmp_path / "lf", write(tmp_path / "lf.vcf", text(VCF_HEADER, lines)), "vcf")
+    streamed = sort_file(tmp_path / "crlf", write(tmp_path / "crlf.vcf", crlf), "vcf")
+    assert (direct.metadata["sort_path"], streamed.metadata["sort_path"]) == ("direct", "streamed")
+    assert [f.read_bytes() for f in direct.files] == [f.read_bytes() for f in streamed.files]
+
+
 # ---------------------------------------------------------------- bigBed
 
 
@@ -407,12 +513,20 @@ BAD_INPUTS = [
     ("vcf", b"chr1\t5\t.\tA\tG\t.\t.\n", "parse", "at least 8"),
     ("bed", b"", "parse", "no records"),
     ("bed", b"track name=empty\n", "parse", "no records"),
+    ("bed", b"chr1\t1\t5\nchr1\t+5\t20\n", "parse", "line 2: start is not an integer"),
+    ("bed", b"chr1\t 5\t20\n", "parse", "start is not an integer"),
+    ("bed", b"chr1\t5\t2e1\n", "parse", "end is not an integer"),
+    ("bed", b"chr1\t5.0\t20\n", "parse", "start is not an integer"),
+    ("bed", b"chr1\t5\t99999999999999999999\n", "parse", "end is not an integer"),
+    ("bed", b"chr1\t5\t9\n\tr\t5\t9\n", "parse", "line 2: invalid contig"),
+    ("gtf", b"chr1\ts\texon\t3\t5\t.\t+\n", "parse", "at least 9"),
+    ("vcf", VCF_HEADER + b"chr1\t0x5\t.\tA\tG\t.\t.\t.\n", "parse", "line 8: start is not"),
 ]
 
 
 @pytest.mark.parametrize(("fmt", "content", "stage", "reason"), BAD_INPUTS)
 def test_rejects_bad_input_naming_file_and_stage_and_leaves_nothing(
-    tmp_path, fmt, content, stage, reason
+    tmp_path, fmt, content, stage, reason, engine, validation
 ):
     src = tmp_path / "bad.input"
     if callable(content):
@@ -426,23 +540,64 @@ def test_rejects_bad_input_naming_file_and_stage_and_leaves_nothing(
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_reports_a_failing_sort_with_its_own_message(tmp_path, monkeypatch):
-    real_init = intervals._Sorter.__init__
-
-    def broken_init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        self.argv = ["sort", "--no-such-option"]
-
-    monkeypatch.setattr(intervals._Sorter, "__init__", broken_init)
-    src = write(tmp_path / "in.bed", text(b"", bed_lines(random.Random(13), 100)))
+@pytest.mark.parametrize("mixed", [False, True], ids=["direct", "streamed"])
+def test_reports_a_failing_sort_with_its_own_message(tmp_path, monkeypatch, mixed):
+    real_argv = SortJob.sort_argv
+    monkeypatch.setattr(SortJob, "sort_argv", lambda job, keys: [*real_argv(job, keys), "--bogus"])
+    lines = bed_lines(random.Random(13), 100)
+    src = write(tmp_path / "in.bed", text(b"", [*lines, b"#late"] if mixed else lines))
     with pytest.raises(ProcessingError) as info:
         sort_file(tmp_path, src, "bed")
     assert info.value.stage == "sort"
-    assert "no-such-option" in info.value.message
+    assert "GNU sort failed" in info.value.message
+    assert "bogus" in info.value.message
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_index_failure_carries_htslib_reason_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("reads_input", [True, False], ids=["after reading", "at once"])
+def test_a_failing_bgzip_fails_the_step_with_its_message_and_leaves_nothing(
+    tmp_path, monkeypatch, reads_input
+):
+    require_tool("tabix")
+    fake = fake_tool(
+        tmp_path / "bin", "bgzip", says="bgzip: quota exceeded", reads_input=reads_input
+    )
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("GENOFLOW_ENGINE", "htslib-cli")
+    src = write(tmp_path / "in.bed", text(b"", bed_lines(random.Random(20), 20_000)))
+    with pytest.raises(ProcessingError) as info:
+        sort_file(tmp_path, src, "bed")
+    assert (info.value.file, info.value.stage) == ("in.bed", "sort")
+    assert "bgzip failed" in info.value.message
+    assert "quota exceeded" in info.value.message
+    assert list((tmp_path / "out").iterdir()) == list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_failing_tabix_fails_the_sort_with_its_message_and_leaves_nothing(tmp_path, monkeypatch):
+    require_tool("bgzip")
+    fake = fake_tool(tmp_path / "bin", "tabix", says="tabix: cannot write", reads_input=False)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("GENOFLOW_ENGINE", "htslib-cli")
+    src = write(tmp_path / "in.bed", b"chr1\t1\t2\n")
+    with pytest.raises(ProcessingError, match="cannot write") as info:
+        sort_file(tmp_path, src, "bed")
+    assert info.value.stage == "sort"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_failing_bgzip_fails_decompression_with_its_message(tmp_path, monkeypatch):
+    require_tool("tabix")
+    fake = fake_tool(tmp_path / "bin", "bgzip", says="bgzip: read error", reads_input=False)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("GENOFLOW_ENGINE", "htslib-cli")
+    src = write(tmp_path / "in.bed.gz", b"chr1\t1\t2\n", "bgzf")
+    with pytest.raises(ProcessingError, match="read error") as info:
+        sort_file(tmp_path, src, "bed")
+    assert info.value.stage == "decompress"
+    assert list((tmp_path / "out").iterdir()) == list((tmp_path / "work").iterdir()) == []
+
+
+def test_index_failure_carries_htslib_reason_and_leaves_nothing(tmp_path, engine):
     src = write(tmp_path / "unsorted.bed.gz", b"chr1\t50\t60\nchr1\t1\t5\n", "bgzf")
     out_dir = tmp_path / "index"
     out_dir.mkdir()
@@ -510,4 +665,104 @@ def test_query_index_counts_records_per_contig(tmp_path):
     result = sort_and_index(tmp_path, write(tmp_path / "in.bed", text(b"", lines)), "bed")
     counts = query_index(tmp_path / "index", fmt="bed", name="in.bed")
     assert counts == {"chr1": 2, "chr10": 1, "chr2": 1}
-    assert result.metadata == {"index": "tbi", "preset": "bed", "line_skip": 0}
+    assert (result.metadata["index"], result.metadata["preset"]) == ("tbi", "bed")
+
+
+def test_sort_writes_the_index_and_index_adopts_it(tmp_path, engine):
+    src = write(tmp_path / "in.bed", text(b"track t\n", bed_lines(random.Random(21), 50)))
+    result = sort_and_index(tmp_path, src, "bed")
+    sorted_index = tmp_path / "out" / "sorted.bed.gz.tbi"
+    assert result.metadata["index_built_by"] == "sort"
+    assert result.files[1].read_bytes() == sorted_index.read_bytes()
+    assert (result.records_out, result.metadata["line_skip"]) == (50, 1)
+
+
+def test_index_rebuilds_an_index_older_than_its_data(tmp_path, tabix, engine):
+    src = write(tmp_path / "in.bed", text(b"track t\n", bed_lines(random.Random(22), 50)))
+    gz, built = sort_file(tmp_path, src, "bed").files
+    stale = built.stat().st_mtime_ns - 10**9
+    os.utime(built, ns=(stale, stale))
+    (tmp_path / "index").mkdir()
+    result = index_intervals(gz, tmp_path / "index", fmt="bed", name="in.bed")
+    assert result.metadata["index_built_by"] == "index"
+    assert (result.records_out, result.metadata["line_skip"]) == (50, 1)
+    assert tabix_records(tabix, result.files[0]) == tabix_records(tabix, gz)
+
+
+# ---------------------------------------------------------------- chunked validation
+
+
+def validate(fmt: str, data: bytes, *, vectorised: bool) -> tuple[int, int, int]:
+    reader = RecordReader(fmt, name="x")
+    if fmt == "vcf":
+        for number, line in enumerate(VCF_HEADER.splitlines(), 1):
+            reader.observe_header(number, line)
+    validator = ChunkValidator(reader, vectorised=vectorised)
+    validator.feed(data, 1, data.count(b"\n"))
+    return validator.records, validator.max_end, len(reader.seen_contigs)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "lines"),
+    [
+        ("bed", bed_lines(random.Random(23), 500)),
+        ("narrowPeak", bed_lines(random.Random(24), 500, extra=10)),
+        ("gff3", gff_lines(random.Random(25), 500, gtf=False)),
+        ("vcf", vcf_lines(random.Random(26), 100)),
+        (
+            "vcf",
+            [
+                b"chr1\t5\t.\tACGT\t<DEL>\t.\t.\tSVTYPE=DEL;END=900",
+                *vcf_lines(random.Random(27), 5),
+            ],
+        ),
+    ],
+)
+def test_chunk_validation_counts_like_line_validation_without_reading_lines(
+    monkeypatch, fmt, lines
+):
+    monkeypatch.setattr(chunks, "MIN_FRAME", 0)
+    data = text(b"", lines)
+    expected = validate(fmt, data, vectorised=False)
+
+    def no_line_by_line(*args: object) -> None:
+        raise AssertionError("the chunk was validated line by line")
+
+    monkeypatch.setattr(ChunkValidator, "_lines", no_line_by_line)
+    assert validate(fmt, data, vectorised=True) == expected
+
+
+@pytest.mark.parametrize("line", [b"#late comment", b"", b"chr1\t5\t9\r", b"track name=x"])
+def test_chunk_validation_flags_lines_that_are_not_plain_records(monkeypatch, line):
+    monkeypatch.setattr(chunks, "MIN_FRAME", 0)
+    data = text(b"", [b"chr1\t1\t2", line, b"chr2\t1\t2"])
+    with pytest.raises(Irregular) as info:
+        validate("bed", data, vectorised=True)
+    assert info.value.lineno == 2
+
+
+# ---------------------------------------------------------------- contig block order
+
+
+def test_block_reorder_puts_byte_ordered_blocks_in_header_order_whatever_the_cuts(tmp_path):
+    rng = random.Random(28)
+    contigs = [b"chr1", b"chr2", b"chr10", b"chrX", b"chr1_random", b"chrM"]
+    lines = sorted(b"%s\t%d\tx" % (rng.choice(contigs), rng.randrange(99)) for _ in range(500))
+    data = b"".join(line + b"\n" for line in lines)
+    out = io.BytesIO()
+    with open(tmp_path / "spill", "w+b") as spill:
+        blocks = BlockReorder(contigs, out, spill)
+        cuts = sorted(rng.sample(range(1, len(data)), 40))
+        for begin, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+            blocks.write(data[begin:end])
+        blocks.close()
+    expected = [line for contig in contigs for line in lines if line.split(b"\t")[0] == contig]
+    assert out.getvalue() == b"".join(line + b"\n" for line in expected)
+    assert blocks.lines == 500
+
+
+def test_block_reorder_refuses_a_contig_it_was_not_promised(tmp_path):
+    with open(tmp_path / "spill", "w+b") as spill:
+        blocks = BlockReorder([b"chr2", b"chr1"], io.BytesIO(), spill)
+        with pytest.raises(ValueError, match="chr3"):
+            blocks.write(b"chr1\t5\nchr3\t1\n")

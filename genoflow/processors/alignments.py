@@ -1,4 +1,4 @@
-"""Coordinate-sort and index SAM/BAM through pysam's bundled samtools.
+"""Coordinate-sort and index SAM/BAM with samtools: Debian's on PATH, or pysam's bundled one.
 
 Invariant: ``out_dir`` holds either a complete, verified output (record count equal to the
 input's, BGZF end-of-file block present, ``SO:coordinate``) or nothing this module wrote.
@@ -8,19 +8,25 @@ pysam runs samtools in-process: its own stderr is captured into ``SamtoolsError.
 htslib's log lines (``[E::sam_parse1] …``) go straight to the process's stderr, and some faults
 (a RNAME missing from @SQ, a BGZF file cut at a block boundary) are only warnings there. Those
 are checked before samtools runs (:mod:`genoflow.processors.sam_input`); samtools itself is
-called through :mod:`genoflow.processors.samtools`.
+called through :mod:`genoflow.processors.samtools`, as :mod:`genoflow.processors.engine` chooses
+(``GENOFLOW_ENGINE``). Order checks, region queries and record counts that only read live in
+:mod:`genoflow.processors.alignment_checks` and are re-exported here.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pysam
 
 from genoflow.errors import ProcessingError
-from genoflow.processors import samtools
-from genoflow.processors.base import Result, SortCheck, link_or_copy, require_output
-from genoflow.processors.sam_input import require_bgzf_eof, scan_sam, sniff
+from genoflow.processors import engine, samtools
+from genoflow.processors.alignment_checks import check_sorted, count_records, query_index
+from genoflow.processors.base import Result, link_or_copy, require_output
+from genoflow.processors.sam_input import require_bgzf_eof, scan_sam, sniff, sq_lengths
 
 __all__ = [
     "CSI_THRESHOLD",
@@ -33,10 +39,9 @@ __all__ = [
     "sort_alignments",
 ]
 
-SORT_VERSION = "1"
-INDEX_VERSION = "1"
+SORT_VERSION = "2"
+INDEX_VERSION = "2"
 CSI_THRESHOLD = 1 << 29
-_UNMAPPED_LAST = 1 << 62
 
 
 def sort_alignments(
@@ -48,14 +53,18 @@ def sort_alignments(
     threads: int,
     name: str,
 ) -> Result:
-    """Coordinate-sort SAM (plain, gzip or BGZF) or BAM into ``out_dir/sorted.bam``.
+    """Coordinate-sort SAM (plain, gzip or BGZF) or BAM into ``out_dir/sorted.bam``, indexed.
 
     Records are ordered by @SQ order then position, unmapped reads last, exactly as
     ``samtools sort`` orders them; ``--no-PG`` keeps two builds of one input byte-identical.
+    The index (``sorted.bam.bai``, or ``.csi`` when a @SQ length reaches 2^29) is written in the
+    same pass (``--write-index``); :func:`index_alignments` adopts it rather than re-reading the
+    BAM. The input's records are counted while samtools sorts (the htslib-cli engine), and the
+    output's are read from the index, which proves none was lost.
 
     Args:
         src: the input SAM, SAM.gz (gzip or BGZF) or BAM, in any order.
-        out_dir: existing folder that receives ``sorted.bam``.
+        out_dir: existing folder that receives ``sorted.bam`` and its index.
         work_dir: existing folder for temporary sort runs (a private sub-folder is used).
         memory: total memory cap in bytes, shared by all sorting threads. Each thread gets at
             least 1 MiB (samtools' floor); when the cap is too small for ``threads`` of them,
@@ -64,7 +73,7 @@ def sort_alignments(
         name: the file's user-facing name, used in errors.
 
     Returns:
-        The sorted BAM, input and output record counts, and metadata.
+        ``[sorted.bam, index]``, input and output record counts, and metadata.
 
     Raises:
         ValueError: ``memory`` below 1 MiB or ``threads`` below 1.
@@ -73,16 +82,19 @@ def sort_alignments(
     src, out_dir, work_dir = Path(src), Path(out_dir), Path(work_dir)
     used_threads, per_thread = samtools.sort_budget(memory, threads)
     kind, compression = sniff(src, name=name, stage="sort")
-    if kind == "sam":
-        records_in = scan_sam(src, compressed=compression != "none", name=name)
-    else:
-        records_in = samtools.count(src, threads=used_threads, name=name, stage="sort")
+    tools = engine.choose("samtools", name=name, stage="sort")
+    count, index_kind = _input_plan(src, kind, compression != "none", tools, work_dir, name=name)
     out = out_dir / "sorted.bam"
+    index = out_dir / f"sorted.bam.{index_kind}"
     try:
-        spills = samtools.run_sort(src, out, work_dir, per_thread, used_threads, name=name)
-        records_out, mapped, contigs = _verify_sorted(out, records_in, used_threads, name=name)
+        records_in, spills = samtools.sort_indexed(
+            src, out, index, work_dir, per_thread, used_threads, tools=tools, name=name,
+            records_in=count,
+        )  # fmt: skip
+        records_out, mapped, contigs = _verify_sorted(out, index, records_in, name=name)
     except BaseException:
         out.unlink(missing_ok=True)
+        index.unlink(missing_ok=True)
         raise
     metadata = {
         "input_format": kind,
@@ -94,14 +106,34 @@ def sort_alignments(
         "memory_per_thread": per_thread,
         "threads": used_threads,
         "spill_files": spills,
+        "index": index_kind,
+        **tools.metadata(),
     }
-    return Result([out], records_in, records_out, metadata)
+    return Result([out, index], records_in, records_out, metadata)
 
 
-def _verify_sorted(out: Path, records_in: int, threads: int, *, name: str) -> tuple[int, int, int]:
+def _input_plan(
+    src: Path, kind: str, compressed: bool, tools: engine.Tools, work_dir: Path, *, name: str
+) -> tuple[Callable[[], int], str]:
+    """How to count the input's records (SAM: the validating scan), and the index kind."""
+    if kind == "sam":
+        lengths = sq_lengths(src, compressed=compressed, name=name)
+        count = partial(scan_sam, src, compressed=compressed, name=name)
+    else:
+        lengths = [sq["LN"] for sq in _read_header(src, name=name, stage="sort").get("SQ", [])]
+        count = partial(samtools.count, src, threads=1, name=name, stage="sort", tools=tools,
+                        scratch=work_dir)  # fmt: skip
+    return count, "csi" if any(length >= CSI_THRESHOLD for length in lengths) else "bai"
+
+
+def _verify_sorted(out: Path, index: Path, records_in: int, *, name: str) -> tuple[int, int, int]:
     """Prove the sorted BAM is whole and lost nothing; return (records, mapped, contigs)."""
+    require_bgzf_eof(out, name=name, stage="sort")
+    require_output(index, name=name, stage="sort")
+    # The BAM's last block is written after its index: mark the index as the newer of the two.
+    os.utime(index)
     samtools.run(pysam.quickcheck, str(out), name=name, stage="sort", what="quickcheck")
-    records_out, mapped = samtools.flagstat(out, threads=threads, name=name)
+    records_out, mapped = samtools.idxstats(out, name=name, stage="sort")
     if records_out != records_in:
         lost = f"sorting changed the record count from {records_in} to {records_out}"
         raise ProcessingError(lost, file=name, stage="sort")
@@ -110,7 +142,11 @@ def _verify_sorted(out: Path, records_in: int, threads: int, *, name: str) -> tu
 
 
 def index_alignments(bam: str | Path, out_dir: str | Path, *, threads: int, name: str) -> Result:
-    """Place a coordinate-sorted BAM in ``out_dir`` and index it (BAI, or CSI for long contigs).
+    """Place a coordinate-sorted BAM in ``out_dir`` with its index (BAI, or CSI for long contigs).
+
+    An index of the right kind beside ``bam`` that is at least as new as it (as
+    :func:`sort_alignments` writes) is adopted; otherwise the BAM is indexed. Either way the
+    index must show every contig's records in @SQ order, and its counts are the result's.
 
     Args:
         bam: a coordinate-sorted BAM, typically another artifact's ``sorted.bam``.
@@ -119,7 +155,8 @@ def index_alignments(bam: str | Path, out_dir: str | Path, *, threads: int, name
         name: the file's user-facing name, used in errors.
 
     Returns:
-        ``[data, index]``, the record count read from the index, and ``{"index": "bai"|"csi"}``.
+        ``[data, index]``, the record count read from the index, and metadata ``index``
+        (bai/csi), ``index_built_by`` (``sort`` or ``index``), ``engine``, ``engine_versions``.
 
     Raises:
         ProcessingError: the BAM is truncated, not coordinate-sorted, or cannot be indexed.
@@ -130,108 +167,42 @@ def index_alignments(bam: str | Path, out_dir: str | Path, *, threads: int, name
     order = header.get("HD", {}).get("SO")
     if order != "coordinate":
         raise _unsorted(f"the header declares SO:{order or 'none'}, not SO:coordinate", name)
-    kind = "csi" if any(sq["LN"] >= CSI_THRESHOLD for sq in header.get("SQ", [])) else "bai"
+    kind = _index_kind(header)
     data, index = out_dir / "sorted.bam", out_dir / f"sorted.bam.{kind}"
-    in_place = data.exists() and data.samefile(bam)
+    built = _fresh_index(bam, kind)
+    tools = engine.choose("samtools", name=name, stage="index")
+    created: list[Path] = []
     try:
-        if not in_place:
-            link_or_copy(bam, data)
-        args = ["-c"] if kind == "csi" else []
-        args += ["-@", str(threads), str(data)]
-        hint = "the records are not in coordinate order, or the BAM is corrupt: sort it again"
-        samtools.run(pysam.index, *args, name=name, stage="index", what="index", hint=hint)
+        if not (data.exists() and data.samefile(bam)):
+            created.append(link_or_copy(bam, data))
+        if built is None:
+            created.append(index)
+            samtools.index(data, csi=kind == "csi", threads=threads, tools=tools, name=name,
+                           scratch=out_dir)  # fmt: skip
+        elif not (index.exists() and index.samefile(built)):
+            created.append(link_or_copy(built, index))
         require_output(index, name=name, stage="index")
         _require_contig_order(data, name=name)
-        stats = samtools.run(pysam.idxstats, str(data), name=name, stage="index", what="idxstats")
-        records = sum(int(f[2]) + int(f[3]) for f in (ln.split("\t") for ln in stats.splitlines()))
+        records, _ = samtools.idxstats(data, name=name, stage="index")
     except BaseException:
-        index.unlink(missing_ok=True)
-        if not in_place:
-            data.unlink(missing_ok=True)
+        for path in created:
+            path.unlink(missing_ok=True)
         raise
-    return Result([data, index], records, records, {"index": kind})
+    metadata = {"index": kind, "index_built_by": "index" if built is None else "sort"}
+    return Result([data, index], records, records, {**metadata, **tools.metadata()})
 
 
-def check_sorted(bam: str | Path, *, name: str) -> SortCheck:
-    """Stream a BAM and prove it is coordinate-sorted, in bounded memory.
-
-    Args:
-        bam: the BAM to check.
-        name: the file's user-facing name, used in errors.
-
-    Returns:
-        The record count, whether the order holds, and the first violation (header or record).
-
-    Raises:
-        ProcessingError: the BAM is truncated or cannot be read.
-    """
-    bam = Path(bam)
-    require_bgzf_eof(bam, name=name, stage="check")
-    problem: str | None = None
-    records = 0
-    try:
-        with pysam.AlignmentFile(str(bam), "rb", check_sq=False) as handle:
-            order = handle.header.to_dict().get("HD", {}).get("SO")
-            if order != "coordinate":
-                problem = f"header declares SO:{order or 'none'}, not SO:coordinate"
-            previous, last = -1, (-1, -1)
-            for read in handle.fetch(until_eof=True):
-                records += 1
-                tid, start = read.reference_id, read.reference_start
-                key = (tid << 32 | (start + 1)) if tid >= 0 else _UNMAPPED_LAST
-                if key < previous and problem is None:
-                    here, before = _locus(handle, tid, start), _locus(handle, *last)
-                    problem = f"record {records} ({read.query_name}): {here} after {before}"
-                previous, last = key, (tid, start)
-    except (OSError, ValueError) as error:
-        raise ProcessingError(f"cannot read the BAM: {error}", file=name, stage="check") from error
-    return SortCheck(records=records, ordered=problem is None, problem=problem)
+def _index_kind(header: dict) -> str:
+    """BAI cannot address positions at or beyond 2^29: such references need CSI."""
+    return "csi" if any(sq["LN"] >= CSI_THRESHOLD for sq in header.get("SQ", [])) else "bai"
 
 
-def query_index(folder_or_bam: str | Path, *, name: str) -> dict[str, int]:
-    """Count records per @SQ contig through the index, plus ``"*"`` for unplaced unmapped reads.
-
-    Args:
-        folder_or_bam: a folder written by :func:`index_alignments`, or a BAM next to its index.
-        name: the file's user-facing name, used in errors.
-
-    Returns:
-        Contig name to record count, in header order, ``"*"`` last; the values sum to the total.
-
-    Raises:
-        ProcessingError: there is no usable index, or a region query fails.
-    """
-    path = Path(folder_or_bam)
-    bam = path / "sorted.bam" if path.is_dir() else path
-    try:
-        with pysam.AlignmentFile(str(bam), "rb") as handle:
-            if not handle.has_index():
-                missing = f"{bam.name} has no .bai or .csi index next to it"
-                raise ProcessingError(missing, file=name, stage="query", hint="index it first")
-            counts = {contig: handle.count(contig=contig) for contig in handle.references}
-            counts["*"] = handle.count(contig="*")
-    except (OSError, ValueError) as error:
-        raise ProcessingError(f"region query failed: {error}", file=name, stage="query") from error
-    return counts
-
-
-def count_records(path: str | Path, *, threads: int = 1, name: str) -> int:
-    """Count the non-header records of a SAM (plain or compressed) or BAM file.
-
-    Args:
-        path: the SAM, SAM.gz or BAM file.
-        threads: decompression threads.
-        name: the file's user-facing name, used in errors.
-
-    Returns:
-        The number of records (secondary and supplementary alignments included).
-
-    Raises:
-        ProcessingError: the file is truncated or cannot be parsed.
-    """
-    path = Path(path)
-    sniff(path, name=name, stage="count")
-    return samtools.count(path, threads=threads, name=name, stage="count")
+def _fresh_index(bam: Path, kind: str) -> Path | None:
+    """The ``kind`` index beside ``bam`` when it was written no earlier than ``bam`` itself."""
+    index = bam.with_name(f"{bam.name}.{kind}")
+    if index.is_file() and index.stat().st_mtime_ns >= bam.stat().st_mtime_ns:
+        return index
+    return None
 
 
 def _read_header(bam: Path, *, name: str, stage: str) -> dict:
@@ -240,10 +211,6 @@ def _read_header(bam: Path, *, name: str, stage: str) -> dict:
             return handle.header.to_dict()
     except (OSError, ValueError) as error:
         raise ProcessingError(f"cannot read its header: {error}", file=name, stage=stage) from error
-
-
-def _locus(handle: pysam.AlignmentFile, tid: int, start: int) -> str:
-    return f"{handle.get_reference_name(tid)}:{start + 1}" if tid >= 0 else "*"
 
 
 def _require_contig_order(data: Path, *, name: str) -> None:

@@ -3,9 +3,15 @@ GTF, and bigBed (converted to BED first).
 
 Invariant: ``out_dir`` holds either a complete output — header lines first, then every input
 record in (contig, start, whole line) byte order, exactly as ``LC_ALL=C sort -k1,1 -k2,2n``
-orders BED (VCF contigs follow the header's ``##contig`` order when it has one) — or nothing
-this module wrote. Python holds one line at a time; GNU sort holds the records within the memory
-cap and spills the rest to ``work_dir``.
+orders BED (VCF contigs follow the header's ``##contig`` order when it has one), with its tabix
+index beside it — or nothing this module wrote. Python never holds more than a chunk of lines;
+GNU sort holds the records within the memory cap and spills the rest to ``work_dir``.
+
+Two paths give the same bytes: :mod:`~genoflow.processors.direct` (GNU sort reads the records
+straight from the file while Python validates them alongside) for files whose records are plain
+lines, and :mod:`~genoflow.processors.streamed` (Python reads, validates and keys every line)
+for the rest. Compression and indexing go through ``bgzip``/``tabix`` or pysam, as
+:mod:`~genoflow.processors.engine` chooses (``GENOFLOW_ENGINE``).
 
 Indexing, order checks and region queries of the sorted files live in
 :mod:`genoflow.processors.tabix` and are re-exported here.
@@ -13,22 +19,25 @@ Indexing, order checks and region queries of the sorted files live in
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import subprocess
+import dataclasses
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
-import pysam
-
-from genoflow.errors import ProcessingError
+from genoflow.processors import engine
 from genoflow.processors.base import Result
+from genoflow.processors.bgzf import compression_of, decompress_to
 from genoflow.processors.bigbed import bigbed_to_bed
-from genoflow.processors.records import HeaderSpill, LineSource, RecordReader
-from genoflow.processors.tabix import CSI_THRESHOLD, check_sorted, index_intervals, query_index
+from genoflow.processors.direct import sort_direct
+from genoflow.processors.records import LineSource, RecordReader
+from genoflow.processors.sortjob import SortJob, SortStats
+from genoflow.processors.streamed import sort_streamed
+from genoflow.processors.tabix import (
+    CSI_THRESHOLD,
+    check_sorted,
+    index_intervals,
+    query_index,
+    write_index,
+)
 
 __all__ = [
     "CSI_THRESHOLD",
@@ -40,23 +49,8 @@ __all__ = [
     "sort_intervals",
 ]
 
-SORT_VERSION = "1"
-INDEX_VERSION = "1"
-
-_CHUNK = 1 << 20
-_STDERR_LIMIT = 2000
-# What _feed puts before each line: contig (or its zero-padded header rank), zero-padded start.
-_SORT_KEY = re.compile(rb"^[^\t\n]*\t[0-9]{20}\t", re.MULTILINE)
-
-
-@dataclass
-class _Stats:
-    records: int = 0
-    max_end: int = 0
-    blank_lines: int = 0
-    fasta_lines: int = 0
-    header_lines: int = 0
-    moved_lines: int = 0
+SORT_VERSION = "2"
+INDEX_VERSION = "2"
 
 
 def sort_intervals(
@@ -69,220 +63,106 @@ def sort_intervals(
     threads: int,
     name: str,
 ) -> Result:
-    """Sort an interval file by contig then start into ``out_dir/sorted.<suffix>.gz`` (BGZF).
+    """Sort an interval file by contig then start into ``out_dir/sorted.<suffix>.gz`` (BGZF),
+    and tabix-index it there in the same step.
 
     Ties (same contig and start) are broken by comparing whole lines byte by byte, so the output
     equals ``LC_ALL=C sort -k1,1 -k2,2n`` of the records (``-k4,4n`` for GFF/GTF) line for line.
     Header and comment lines come first in their original order, including comment lines found
     among the records; a GFF3 ``##FASTA`` section is dropped; CRLF becomes LF; blank lines are
-    dropped. bigBed is first converted to BED (``sorted.bed.gz``) in ``work_dir``.
+    dropped. bigBed is first converted to BED (``sorted.bed.gz``). The index is TBI, or CSI when
+    a record ends at or beyond 2^29; :func:`index_intervals` adopts it rather than rebuilding it.
 
     Args:
         src: the input, plain, gzip or BGZF (detected by magic bytes), or a bigBed file.
-        out_dir: existing folder that receives the output.
+        out_dir: existing folder that receives the output and its index.
         fmt: canonical format name: vcf, bed, narrowPeak, broadPeak, gff3, gtf or bigBed.
-        work_dir: folder for GNU sort's spill files and other temporary files (created if
-            missing; the caller removes it).
-        memory: GNU sort's buffer in bytes; Python adds only a few MiB of fixed buffers.
-        threads: GNU sort's ``--parallel``.
+        work_dir: folder for GNU sort's spill files, a decompressed copy of a compressed input
+            and other temporary files (created if missing; left empty).
+        memory: GNU sort's buffer in bytes; Python adds a few tens of MiB of chunk buffers.
+        threads: GNU sort's ``--parallel`` and the compression threads.
         name: the file's user-facing name, used in errors.
 
     Returns:
-        The output file, record counts, and metadata: ``header_lines``, ``contigs``,
-        ``records``, ``max_end``, ``needs_csi``, ``fasta_stripped``, ``fasta_lines``,
-        ``crlf_normalised``, ``blank_lines``, ``moved_comment_lines``, ``preset`` and, for
-        bigBed, ``converted_from``.
+        ``[data, index]``, record counts, and metadata: ``header_lines``, ``contigs``,
+        ``records``, ``max_end``, ``needs_csi``, ``index``, ``line_skip``, ``fasta_stripped``,
+        ``fasta_lines``, ``crlf_normalised``, ``blank_lines``, ``moved_comment_lines``,
+        ``preset``, ``sort_path`` (``direct`` or ``streamed``), ``engine``,
+        ``engine_versions`` and, for bigBed, ``converted_from``.
 
     Raises:
-        ProcessingError: stage ``convert``, ``decompress``, ``parse`` or ``sort``; nothing is left
-            in ``out_dir``.
+        ValueError: ``memory`` or ``threads`` is not positive.
+        ProcessingError: stage ``convert``, ``decompress``, ``parse``, ``sort`` or ``index``;
+            nothing is left in ``out_dir``.
     """
     if memory <= 0 or threads < 1:
         raise ValueError(f"memory and threads must be positive, got {memory} and {threads}")
     src, out_dir, work_dir = Path(src), Path(out_dir), Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    reader = RecordReader(fmt, name=name)
-    out = out_dir / f"sorted.{reader.spec.suffix}.gz"
-    metadata: dict[str, Any] = {}
-    converted = work_dir / "converted.bed"
-    try:
-        if fmt == "bigBed":
-            bigbed_to_bed(src, converted, name=name)
-            src = converted
-            metadata["converted_from"] = "bigBed"
-        source = LineSource(src, name=name, stage="decompress")
-        stats, contigs = _sort_to(source, out, reader, work_dir, memory, threads)
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
-    finally:
-        if fmt == "bigBed":
-            converted.unlink(missing_ok=True)
-    metadata.update(_summary(stats, contigs, source, reader))
-    return Result([out], stats.records, stats.records, metadata)
+    tools = engine.choose("bgzip", "tabix", name=name, stage="sort")
+    out = out_dir / f"sorted.{RecordReader(fmt, name=name).spec.suffix}.gz"
+    indexes = [out.with_name(out.name + suffix) for suffix in (".tbi", ".csi")]
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix=".sort.") as folder:
+        scratch = Path(folder)
+        try:
+            if fmt == "bigBed":
+                bigbed_to_bed(src, scratch / "converted.bed", name=name)
+            plain = scratch / "converted.bed" if fmt == "bigBed" else src
+            job = SortJob(RecordReader(fmt, name=name), tools, out, scratch, memory, threads)
+            stats, reader, compression = _sort(job, plain, fmt)
+            csi = stats.max_end >= CSI_THRESHOLD
+            messages = write_index(
+                out, reader.spec, line_skip=stats.line_skip, csi=csi, tools=tools,
+                name=name, stage="sort", scratch=scratch,
+            )  # fmt: skip
+        except BaseException:
+            for path in (out, *indexes):
+                path.unlink(missing_ok=True)
+            raise
+    metadata = _summary(stats, reader, csi=csi, compression=compression)
+    if fmt == "bigBed":
+        metadata["converted_from"] = "bigBed"
+    if messages:
+        metadata["tabix_messages"] = messages
+    metadata.update(tools.metadata())
+    return Result([out, indexes[csi]], stats.records, stats.records, metadata)
 
 
-def _summary(
-    stats: _Stats, contigs: int, source: LineSource, reader: RecordReader
-) -> dict[str, Any]:
+def _sort(job: SortJob, src: Path, fmt: str) -> tuple[SortStats, RecordReader, str]:
+    """Decompress into scratch if needed, then take the direct path, or the streamed one.
+
+    Returns the stats, the reader that saw the whole file, and the input's compression.
+    """
+    compression = compression_of(src)
+    plain = decompress_to(
+        src, job.scratch / "input", job.tools, threads=job.threads, name=job.name,
+        scratch=job.scratch,
+    )  # fmt: skip
+    stats = sort_direct(job, plain)
+    if stats is not None:
+        return stats, job.reader, compression
+    # The direct attempt learnt header state: the streamed path starts from a fresh reader.
+    job = dataclasses.replace(job, reader=RecordReader(fmt, name=job.name))
+    source = LineSource(plain, name=job.name, stage="decompress")
+    return sort_streamed(job, source), job.reader, compression
+
+
+def _summary(stats: SortStats, reader: RecordReader, *, csi: bool, compression: str) -> dict:
     """The facts about one sort that :func:`sort_intervals` reports as metadata."""
     return {
         "header_lines": stats.header_lines,
-        "contigs": contigs,
+        "contigs": len(reader.seen_contigs),
         "records": stats.records,
         "max_end": stats.max_end,
-        "needs_csi": stats.max_end >= CSI_THRESHOLD,
+        "needs_csi": csi,
+        "index": "csi" if csi else "tbi",
+        "line_skip": stats.line_skip,
         "fasta_stripped": stats.fasta_lines > 0,
         "fasta_lines": stats.fasta_lines,
-        "crlf_normalised": source.crlf_lines > 0,
+        "crlf_normalised": stats.crlf_lines > 0,
         "blank_lines": stats.blank_lines,
         "moved_comment_lines": stats.moved_lines,
         "preset": reader.spec.preset,
+        "input_compression": compression,
+        "sort_path": stats.path,
     }
-
-
-def _sort_to(
-    source: LineSource, out: Path, reader: RecordReader, work_dir: Path, memory: int, threads: int
-) -> tuple[_Stats, int]:
-    name = reader.name
-    with (
-        tempfile.TemporaryFile(dir=work_dir) as spill,
-        _Sorter(work_dir, memory=memory, threads=threads, name=name) as sorter,
-    ):
-        header = HeaderSpill(spill, vcf=reader.spec.preset == "vcf")
-        try:
-            stats = _feed(source, reader, header, sorter.stdin)
-            sorter.stdin.close()
-        except BrokenPipeError as exc:
-            raise sorter.failure() from exc
-        if stats.records == 0:
-            raise ProcessingError(
-                "no records: the file holds no data lines",
-                file=name,
-                stage="parse",
-                hint="check that the right file was listed and that it is not empty",
-            )
-        with pysam.BGZFile(str(out), "wb") as bgzf:
-            header.write_to(bgzf)
-            written = _drain(sorter.stdout, bgzf, name=name)
-        sorter.wait()
-    if written != stats.records:
-        raise ProcessingError(
-            f"sort wrote {written} records for {stats.records} read", file=name, stage="sort"
-        )
-    return stats, len(reader.seen_contigs)
-
-
-def _feed(source: LineSource, reader: RecordReader, header: HeaderSpill, sink: IO[bytes]) -> _Stats:
-    """Validate every line; header lines go to ``header``, records (with a sort key) to sort."""
-    stats = _Stats()
-    ranks = reader.contigs
-    lines = iter(source)
-    lineno = 0
-    for lineno, line in enumerate(lines, 1):
-        if reader.is_header(line):
-            if reader.is_fasta_start(line):
-                stats.fasta_lines = 1 + sum(1 for _ in lines)
-                break
-            reader.observe_header(lineno, line)
-            header.add(line)
-            stats.header_lines += 1
-            stats.moved_lines += stats.records > 0
-        elif not line:
-            stats.blank_lines += 1
-        else:
-            contig, start, end = reader.parse(lineno, line)
-            # The key sorts by plain byte comparison: contig (or its header rank), then the
-            # zero-padded start, then the whole line as the last-resort tie-break.
-            key = b"%010d" % ranks[contig] if ranks else contig
-            sink.write(b"%b\t%020d\t%b\n" % (key, start, line))
-            stats.records += 1
-            stats.max_end = max(stats.max_end, end)
-    if reader.spec.preset == "vcf" and not reader.saw_chrom_line:
-        raise reader.error(lineno, "no #CHROM header line before the end of the file")
-    return stats
-
-
-def _drain(stream: IO[bytes], out: Any, *, name: str) -> int:
-    """Copy sort's output without its keys, a chunk at a time; return the records written."""
-    records = 0
-    tail = b""
-    while chunk := stream.read(_CHUNK):
-        chunk = tail + chunk
-        cut = chunk.rfind(b"\n") + 1
-        chunk, tail = chunk[:cut], chunk[cut:]
-        stripped, keys = _SORT_KEY.subn(b"", chunk)
-        if keys != chunk.count(b"\n"):
-            raise ProcessingError("sort output lost its keys", file=name, stage="sort")
-        out.write(stripped)
-        records += keys
-    if tail:
-        raise ProcessingError("sort output ends without a newline", file=name, stage="sort")
-    return records
-
-
-class _Sorter:
-    """``LC_ALL=C sort`` as a subprocess that is always killed and reaped, with its stderr kept.
-
-    GNU sort writes nothing before it has read all of its input, so writing stdin to the end and
-    then reading stdout cannot deadlock; stderr goes to a file so it cannot block either.
-    """
-
-    def __init__(self, work_dir: Path, *, memory: int, threads: int, name: str) -> None:
-        self.work_dir = work_dir
-        self.argv = ["sort", "-S", f"{memory}b", "--parallel", str(threads)]
-        self.name = name
-
-    def __enter__(self) -> _Sorter:
-        self._tmp = tempfile.TemporaryDirectory(dir=self.work_dir, prefix="sort-")
-        self._stderr = tempfile.TemporaryFile(dir=self.work_dir)
-        env = {**os.environ, "LC_ALL": "C"}
-        try:
-            self.proc = subprocess.Popen(
-                [*self.argv, "-T", self._tmp.name],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._stderr,
-                env=env,
-                bufsize=_CHUNK,
-            )
-        except OSError as exc:
-            self._close_files()
-            raise ProcessingError(
-                f"cannot run GNU sort: {exc}", file=self.name, stage="sort"
-            ) from exc
-        assert self.proc.stdin is not None and self.proc.stdout is not None  # PIPE was asked for
-        self.stdin: IO[bytes] = self.proc.stdin
-        self.stdout: IO[bytes] = self.proc.stdout
-        return self
-
-    def failure(self) -> ProcessingError:
-        """The error to raise when sort failed: its exit status and its own message."""
-        code = self.proc.wait()
-        self._stderr.seek(0)
-        message = self._stderr.read(_STDERR_LIMIT).decode("utf-8", "replace").strip()
-        return ProcessingError(
-            f"GNU sort failed (exit status {code}): {message or 'no message'}",
-            file=self.name,
-            stage="sort",
-            hint="check free space and permissions in the work folder",
-        )
-
-    def wait(self) -> None:
-        """Wait for sort to exit; any non-zero status fails the step (pipefail semantics)."""
-        if self.proc.wait() != 0:
-            raise self.failure()
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        for pipe in (self.stdin, self.stdout):
-            # The process is gone: its status and message are reported where it failed.
-            with contextlib.suppress(BrokenPipeError):
-                pipe.close()
-        self.proc.wait()
-        self._close_files()
-
-    def _close_files(self) -> None:
-        self._stderr.close()
-        self._tmp.cleanup()

@@ -21,7 +21,7 @@ Preset = Literal["vcf", "bed", "gff"]
 
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 MAX_POSITION = (1 << 63) - 1
-_MAX_LINE = 1 << 28
+MAX_LINE = 1 << 28
 _CHUNK = 1 << 20
 _CONTROL = re.compile(rb"[\x00-\x1f]")
 _CONTIG_ID = re.compile(rb"^##contig=<(?:.*?,)?ID=([^,>]+)")
@@ -111,11 +111,11 @@ class LineSource:
     def __iter__(self) -> Iterator[bytes]:
         with self._open() as handle:
             try:
-                while raw := handle.readline(_MAX_LINE):
+                while raw := handle.readline(MAX_LINE):
                     if raw[-1:] == b"\n":
                         raw = raw[:-1]
-                    elif len(raw) == _MAX_LINE:
-                        raise self._fail(f"a line is longer than {_MAX_LINE} bytes")
+                    elif len(raw) == MAX_LINE:
+                        raise self._fail(f"a line is longer than {MAX_LINE} bytes")
                     if raw[-1:] == b"\r":
                         raw = raw[:-1]
                         self.crlf_lines += 1
@@ -193,26 +193,31 @@ class RecordReader:
             )
         contig = fields[0]
         if contig not in self.seen_contigs:
-            self._check_contig(lineno, contig)
+            self.check_contig(lineno, contig)
         start = self._position(lineno, fields[spec.start_col], "start")
         if start < spec.min_start:
             raise self.error(lineno, f"start {start} is below {spec.min_start}")
         if spec.end_col is None:
-            return contig, start, _vcf_end(start, fields)
+            return contig, start, vcf_end(start, fields)
         end = self._position(lineno, fields[spec.end_col], "end")
         if end < start:
             raise self.error(lineno, f"end {end} is before start {start}")
         return contig, start, end
 
-    def _check_contig(self, lineno: int, contig: bytes) -> None:
-        """Validate a contig once, the first time a record names it."""
+    def check_contig(self, lineno: int, contig: bytes) -> None:
+        """Validate a contig once, the first time a record names it, and remember it.
+
+        Raises:
+            ProcessingError: the name is empty or holds a control character, or (VCF) the
+                record comes before ``#CHROM`` or names a contig the ``##contig`` lines lack.
+        """
         if not contig or _CONTROL.search(contig):
-            raise self.error(lineno, f"invalid contig name {_show(contig)}")
+            raise self.error(lineno, f"invalid contig name {show(contig)}")
         if self.spec.preset == "vcf":
             if not self.saw_chrom_line:
                 raise self.error(lineno, "record before the #CHROM header line (no VCF header)")
             if self.contigs and contig not in self.contigs:
-                reason = f"contig {_show(contig)} is not in the header's ##contig lines"
+                reason = f"contig {show(contig)} is not in the header's ##contig lines"
                 raise self.error(lineno, reason)
         self.seen_contigs.add(contig)
 
@@ -221,11 +226,12 @@ class RecordReader:
         if field.isdigit() and (value := int(field)) <= MAX_POSITION:
             return value
         if field[:1] == b"-" and field[1:].isdigit():
-            raise self.error(lineno, f"negative {what} {_show(field)}")
-        raise self.error(lineno, f"{what} is not an integer in 0..2^63-1: {_show(field)}")
+            raise self.error(lineno, f"negative {what} {show(field)}")
+        raise self.error(lineno, f"{what} is not an integer in 0..2^63-1: {show(field)}")
 
 
-def _vcf_end(pos: int, fields: list[bytes]) -> int:
+def vcf_end(pos: int, fields: list[bytes]) -> int:
+    """The 0-based exclusive end tabix indexes for a VCF record: REF's span, or INFO ``END``."""
     end = pos - 1 + len(fields[3])
     info = fields[7]
     if b"END=" in info:
@@ -240,20 +246,31 @@ class HeaderSpill:
 
     A VCF's ``#CHROM`` line is held apart so that comment lines moved up from among the records
     land before it, where a VCF header allows them.
+
+    Attributes:
+        line_skip: how many leading lines of the output tabix must skip so that it also skips
+            the header lines that do not start with ``#`` (BED ``track`` and ``browser``).
     """
 
     def __init__(self, spill: BinaryIO, *, vcf: bool) -> None:
         self._spill = spill
         self._vcf = vcf
+        self._written = 0
         self.chrom_line: bytes | None = None
+        self.line_skip = 0
 
     def add(self, line: bytes) -> None:
+        """Append one header line (without its newline)."""
         if self._vcf and line.startswith(b"#CHROM"):
             self.chrom_line = line
-        else:
-            self._spill.write(line + b"\n")
+            return
+        self._spill.write(line + b"\n")
+        self._written += 1
+        if line[:1] != b"#":
+            self.line_skip = self._written
 
     def write_to(self, out: Any) -> None:
+        """Write every header line, in output order, to ``out``."""
         self._spill.seek(0)
         while chunk := self._spill.read(_CHUNK):
             out.write(chunk)
@@ -261,35 +278,6 @@ class HeaderSpill:
             out.write(self.chrom_line + b"\n")
 
 
-class OrderCheck:
-    """Tracks the previous record's contig and start; says what is wrong with the next one."""
-
-    def __init__(self, reader: RecordReader) -> None:
-        self._ranks = reader.contigs
-        self._seen: set[bytes] = set()
-        self._contig: bytes | None = None
-        self._start = 0
-        self.records = 0
-
-    def add(self, contig: bytes, start: int) -> str | None:
-        self.records += 1
-        previous, self._contig = self._contig, contig
-        if contig == previous:
-            before, self._start = self._start, start
-            if start < before:
-                return f"{_show(contig)}:{start} after {_show(contig)}:{before}"
-            return None
-        self._start = start
-        if contig in self._seen:
-            return f"contig {_show(contig)} appears again after {_show(previous)}"
-        self._seen.add(contig)
-        if previous is not None and self._key(contig) < self._key(previous):
-            return f"contig {_show(contig)} after {_show(previous)}"
-        return None
-
-    def _key(self, contig: bytes) -> tuple[int, bytes]:
-        return (self._ranks.get(contig, len(self._ranks)), contig)
-
-
-def _show(value: bytes | None) -> str:
+def show(value: bytes | None) -> str:
+    """A field for an error message: decoded with backslash escapes, quoted, at most 60 chars."""
     return repr((value or b"").decode("utf-8", "backslashreplace")[:60])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from genoflow.errors import ProcessingError
 
-__all__ = ["require_bgzf_eof", "scan_sam", "sniff"]
+__all__ = ["require_bgzf_eof", "scan_sam", "sniff", "sq_lengths"]
 
 _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _REGENERATE = "fix or regenerate the file"
@@ -106,6 +106,29 @@ def scan_sam(src: Path, *, compressed: bool, name: str) -> int:
         nothing = "the input holds neither a header nor records"
         raise ProcessingError(nothing, file=name, stage="sort", hint=_REGENERATE)
     return records
+
+
+def sq_lengths(src: Path, *, compressed: bool, name: str) -> list[int]:
+    """The LN of every @SQ line of a SAM file's header, reading nothing past the header.
+
+    Raises:
+        ProcessingError: stage ``sort``; the gzip data ends or breaks inside the header.
+    """
+    lengths: list[int] = []
+    opener = gzip.open if compressed else open
+    try:
+        with opener(src, "rb") as handle:
+            for line in handle:
+                if line[:1] != b"@":
+                    break
+                if line.startswith(b"@SQ\t"):
+                    fields = line.rstrip(b"\r\n").split(b"\t")
+                    lengths += [
+                        int(f[3:]) for f in fields if f.startswith(b"LN:") and f[3:].isdigit()
+                    ]
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise _bad_gzip(name, "sort", error) from error
+    return lengths
 
 
 def _sq_names(line: bytes) -> list[bytes]:

@@ -1,9 +1,10 @@
-"""Call pysam's bundled samtools in-process, turning its failures into ProcessingErrors.
+"""Call samtools — Debian's on PATH, or pysam's bundled one in-process — as the engine says.
 
 Invariant: every call returns samtools' output or raises a
 :class:`~genoflow.errors.ProcessingError` that names the file, the stage and what samtools said;
-htslib's process-wide verbosity is the same after a call as before it; and ``samtools sort``'s
-temporary runs live in a private folder that is removed on every path.
+htslib's process-wide verbosity is the same after a call as before it; a samtools child is
+killed and reaped on every path; and ``samtools sort``'s temporary runs live in a private folder
+that is removed on every path.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from subprocess import PIPE
 
 import pysam
 
 from genoflow.errors import ProcessingError
+from genoflow.processors.commands import Child
+from genoflow.processors.engine import Tools
 
-__all__ = ["count", "flagstat", "run", "run_sort", "sort_budget"]
+__all__ = ["count", "idxstats", "index", "run", "sort_budget", "sort_indexed"]
 
 # samtools sort refuses -m below 1 MiB; fewer, larger runs are better than many tiny ones, so
 # threads are dropped before the per-thread share falls under this floor.
@@ -72,41 +76,101 @@ def sort_budget(memory: int, threads: int) -> tuple[int, int]:
     return used, memory // used
 
 
-def run_sort(
-    src: Path, out: Path, work_dir: Path, per_thread: int, threads: int, *, name: str
-) -> int:
-    """Run samtools sort with its runs in a private folder; return how many runs it spilled."""
+def sort_indexed(
+    src: Path,
+    out: Path,
+    index: Path,
+    work_dir: Path,
+    per_thread: int,
+    threads: int,
+    *,
+    tools: Tools,
+    name: str,
+    records_in: Callable[[], int],
+) -> tuple[int, int]:
+    """Sort into ``out`` writing ``index`` in the same pass (``--write-index``).
+
+    ``records_in`` (the input's record count) runs while ``samtools sort`` runs when sort is a
+    child process, and before it when it is pysam's in-process samtools. Sort's temporary runs
+    live in a private folder inside ``work_dir``, removed on every path.
+
+    Returns:
+        (records counted by ``records_in``, runs sort spilled to disk).
+
+    Raises:
+        ProcessingError: stage ``sort``, from ``records_in`` first, else from sort.
+    """
     private = Path(tempfile.mkdtemp(prefix=".sort.", dir=work_dir))
     try:
-        args = ["-o", str(out), "-O", "bam", "--no-PG", "-m", str(per_thread)]
-        args += ["-@", str(threads), "-T", str(private / "run"), str(src)]
-        # samtools reports spilled runs only at htslib verbosity >= 2 (warnings).
+        args = ["-o", f"{out}##idx##{index}", "--write-index", "-O", "bam", "--no-PG"]
+        args += ["-m", str(per_thread), "-@", str(threads), "-T", str(private / "run"), str(src)]
         hint = partial(_failure_hint, src)
-        run(pysam.sort, *args, name=name, stage="sort", what="sort", hint=hint, verbosity=2)
-        messages = pysam.sort.get_messages() or ""
+        if tools.cli:
+            argv = [tools.paths["samtools"], "sort", *args]
+            common = {"name": name, "stage": "sort", "scratch": private, "hint": hint}
+            with Child(argv, what="samtools sort", **common) as sorter:
+                counted = records_in()
+                messages = sorter.finish()
+        else:
+            counted = records_in()
+            # samtools reports spilled runs only at htslib verbosity >= 2 (warnings).
+            run(pysam.sort, *args, name=name, stage="sort", what="sort", hint=hint, verbosity=2)
+            messages = pysam.sort.get_messages() or ""
     finally:
         shutil.rmtree(private)
     if isinstance(messages, bytes):
         messages = messages.decode("utf-8", "surrogateescape")
     spilled = re.search(r"merging from (\d+) files", messages)
-    return int(spilled.group(1)) if spilled else 0
+    return counted, int(spilled.group(1)) if spilled else 0
 
 
-def count(path: Path, *, threads: int, name: str, stage: str) -> int:
-    """Count a SAM/BAM file's records with ``samtools view -c``."""
+def index(bam: Path, *, csi: bool, threads: int, tools: Tools, name: str, scratch: Path) -> None:
+    """Index a coordinate-sorted BAM in place (``.bai``, or ``.csi`` when asked)."""
+    args = [*(["-c"] if csi else []), "-@", str(threads), str(bam)]
+    hint = "the records are not in coordinate order, or the BAM is corrupt: sort it again"
+    if not tools.cli:
+        run(pysam.index, *args, name=name, stage="index", what="index", hint=hint)
+        return
+    argv = [tools.paths["samtools"], "index", *args]
+    with Child(
+        argv, what="samtools index", name=name, stage="index", scratch=scratch, hint=hint
+    ) as job:
+        job.finish()
+
+
+def idxstats(bam: Path, *, name: str, stage: str) -> tuple[int, int]:
+    """(records, mapped records) of an indexed BAM, read from its index alone."""
+    text = run(pysam.idxstats, str(bam), name=name, stage=stage, what="idxstats")
+    rows = [line.split("\t") for line in text.splitlines()]
+    mapped = sum(int(row[2]) for row in rows)
+    return mapped + sum(int(row[3]) for row in rows), mapped
+
+
+def count(
+    path: Path,
+    *,
+    threads: int,
+    name: str,
+    stage: str,
+    tools: Tools | None = None,
+    scratch: Path | None = None,
+) -> int:
+    """Count a SAM/BAM file's records with ``samtools view -c``.
+
+    It runs as a child process when ``tools`` is the htslib-cli engine and ``scratch`` (a folder
+    for its stderr) is given, else in-process through pysam.
+    """
     args = ("-c", "-@", str(threads), str(path))
     hint = partial(_failure_hint, path)
-    return int(run(pysam.view, *args, name=name, stage=stage, what="count", hint=hint).strip())
-
-
-def flagstat(path: Path, *, threads: int, name: str) -> tuple[int, int]:
-    """Return (records, mapped records) of a BAM in one multi-threaded pass."""
-    args = ("-O", "tsv", "-@", str(threads), str(path))
-    text = run(pysam.flagstat, *args, name=name, stage="sort", what="flagstat")
-    # Rows are "QC-passed<TAB>QC-failed<TAB>label"; percentages share the layout, so pick by label.
-    rows = dict((row[2], row[:2]) for row in (line.split("\t") for line in text.splitlines()))
-    total, mapped = rows["total (QC-passed reads + QC-failed reads)"], rows["mapped"]
-    return int(total[0]) + int(total[1]), int(mapped[0]) + int(mapped[1])
+    if tools is None or not tools.cli or scratch is None:
+        text = run(pysam.view, *args, name=name, stage=stage, what="count", hint=hint)
+        return int(text.strip())
+    argv = [tools.paths["samtools"], "view", *args]
+    common = {"name": name, "stage": stage, "scratch": scratch, "hint": hint}
+    with Child(argv, what="samtools count", stdout=PIPE, **common) as job:
+        text = job.stdout.read().decode("ascii", "replace")
+        job.finish()
+    return int(text.strip())
 
 
 def _failure_hint(src: Path) -> str:

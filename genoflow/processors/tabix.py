@@ -1,9 +1,11 @@
-"""Tabix-index, order-check and region-query the sorted BGZF interval files.
+"""Tabix-index sorted BGZF interval files, with ``tabix`` or pysam.
 
 Invariant: :func:`index_intervals` leaves in ``out_dir`` either the data file together with its
-complete index (TBI, or CSI once any record ends at or beyond 2^29) or nothing it wrote; the
-index is built only after every record of the data file has been read and validated.
-:func:`check_sorted` and :func:`query_index` only read.
+complete index (TBI, or CSI once any record ends at or beyond 2^29) or nothing it wrote. An
+index is built only after every record of its data file has been read and validated — by
+:func:`~genoflow.processors.intervals.sort_intervals`, which writes the index beside its output,
+or here — and an index found beside the data is adopted only when it is at least as new as the
+data file.
 """
 
 from __future__ import annotations
@@ -17,41 +19,56 @@ from typing import Any, BinaryIO
 import pysam
 
 from genoflow.errors import ProcessingError
-from genoflow.processors.base import Result, SortCheck, link_or_copy, require_output
-from genoflow.processors.records import (
-    FormatSpec,
-    LineSource,
-    OrderCheck,
-    RecordReader,
-    is_bgzf,
-    spec_for,
+from genoflow.processors import engine
+from genoflow.processors.base import Result, link_or_copy, require_output
+from genoflow.processors.bgzf import read_decompressed, require_eof
+from genoflow.processors.chunks import (
+    CHUNK,
+    ChunkValidator,
+    Irregular,
+    read_chunks,
+    scan_header,
+    worth_vectorising,
 )
+from genoflow.processors.commands import Child
+from genoflow.processors.engine import Tools
+from genoflow.processors.interval_checks import check_sorted, query_index
+from genoflow.processors.records import FormatSpec, LineSource, RecordReader, is_bgzf
 
-__all__ = ["CSI_THRESHOLD", "check_sorted", "index_intervals", "query_index"]
+__all__ = ["CSI_THRESHOLD", "check_sorted", "index_intervals", "query_index", "write_index"]
 
 CSI_THRESHOLD = 1 << 29
 """TBI cannot hold a position at or beyond 2^29: such files get a CSI index."""
 
 _LOG_LIMIT = 2000  # bytes of htslib's log kept for an error message
+_SUFFIXES = (".tbi", ".csi")
 
 
-def index_intervals(gz: str | Path, out_dir: str | Path, *, fmt: str, name: str) -> Result:
-    """Copy (or hard-link) a sorted BGZF file into ``out_dir`` and tabix-index it there.
+def index_intervals(
+    gz: str | Path, out_dir: str | Path, *, fmt: str, name: str, threads: int = 2
+) -> Result:
+    """Copy (or hard-link) a sorted BGZF file into ``out_dir`` with its tabix index.
 
-    The index is TBI, or CSI when any record ends at or beyond 2^29 (TBI's limit). The kind and
-    the number of leading non-``#`` header lines to skip (BED ``track``/``browser`` lines) are
-    derived from the file itself in one streaming pass, which also validates every record.
+    When ``gz`` has an index beside it (as :func:`sort_intervals` writes) that is at least as new
+    as ``gz``, that index is adopted: linked or copied, after one decompressing pass that counts
+    the records. Otherwise every record is read and validated, the kind (TBI, or CSI when a
+    record ends at or beyond 2^29) and the number of leading non-``#`` header lines to skip
+    (BED ``track``/``browser``) are derived from the file, and the index is built.
 
     Args:
         gz: a BGZF file written by :func:`sort_intervals`.
         out_dir: existing folder that receives ``gz``'s copy and its ``.tbi`` or ``.csi``.
         fmt: the canonical format name ``gz`` was sorted as.
         name: the file's user-facing name, used in errors.
+        threads: decompression threads.
 
     Returns:
-        Files ``[data, index]`` and metadata ``index`` (tbi/csi), ``preset``, ``line_skip``.
+        Files ``[data, index]``, the record count, and metadata ``index`` (tbi/csi), ``preset``,
+        ``line_skip``, ``index_built_by`` (``sort`` or ``index``), ``engine`` and
+        ``engine_versions``.
 
     Raises:
+        ValueError: ``gz`` is already inside ``out_dir``.
         ProcessingError: stage ``index``; nothing is left in ``out_dir``.
     """
     gz, out_dir = Path(gz), Path(out_dir)
@@ -59,33 +76,144 @@ def index_intervals(gz: str | Path, out_dir: str | Path, *, fmt: str, name: str)
     data = out_dir / gz.name
     if data.exists() and data.samefile(gz):
         raise ValueError(f"{gz} is already in {out_dir}: index into another folder")
+    tools = engine.choose("bgzip", "tabix", name=name, stage="index")
+    options = {"tools": tools, "threads": threads, "scratch": out_dir}
     try:
-        line_skip, records, max_end = _scan_for_index(gz, reader)
-        csi = max_end >= CSI_THRESHOLD
-        link_or_copy(gz, data)
-        index = data.with_name(data.name + (".csi" if csi else ".tbi"))
-        messages = _build_index(data, reader.spec, line_skip=line_skip, csi=csi, name=name)
+        _require_bgzf(gz, reader)
+        built = _fresh_index(gz)
+        counted = _count(gz, reader, **options) if built else None
+        if built is not None and counted is not None:
+            (line_skip, records), messages = counted, ""
+            index = link_or_copy(built, out_dir / built.name)
+            link_or_copy(gz, data)
+        else:
+            line_skip, records, max_end = _scan(gz, fmt, name=name, **options)
+            link_or_copy(gz, data)
+            index = data.with_name(data.name + (".csi" if max_end >= CSI_THRESHOLD else ".tbi"))
+            messages = write_index(
+                data, reader.spec, line_skip=line_skip, csi=index.suffix == ".csi",
+                tools=tools, name=name, stage="index", scratch=out_dir,
+            )  # fmt: skip
         require_output(index, name=name, stage="index")
     except BaseException:
-        for path in (data, data.with_name(data.name + ".tbi"), data.with_name(data.name + ".csi")):
+        for path in (data, *(data.with_name(data.name + s) for s in _SUFFIXES)):
             path.unlink(missing_ok=True)
         raise
     metadata: dict[str, Any] = {
-        "index": "csi" if csi else "tbi",
+        "index": index.suffix[1:],
         "preset": reader.spec.preset,
         "line_skip": line_skip,
+        "index_built_by": "sort" if counted is not None else "index",
+        **tools.metadata(),
     }
     if messages:
         metadata["tabix_messages"] = messages
     return Result([data, index], records, records, metadata)
 
 
-def _scan_for_index(gz: Path, reader: RecordReader) -> tuple[int, int, int]:
-    """Return (line_skip, records, max_end): tabix skips ``#`` lines but not track/browser."""
+def write_index(
+    data: Path,
+    spec: FormatSpec,
+    *,
+    line_skip: int,
+    csi: bool,
+    tools: Tools,
+    name: str,
+    stage: str,
+    scratch: Path,
+) -> str:
+    """Build ``data``'s ``.tbi`` (or ``.csi``) beside it; return what the indexer reported.
+
+    Raises:
+        ProcessingError: the indexer failed; the message carries its own reason.
+    """
+    if not tools.cli:
+        return _pysam_index(data, spec, line_skip=line_skip, csi=csi, name=name, stage=stage)
+    argv = [tools.paths["tabix"], "-f", *(["-C"] if csi else [])]
+    if spec.preset == "vcf":
+        argv += ["-p", "vcf"]
+    else:
+        assert spec.end_col is not None, "only VCF derives its end"
+        argv += ["-s", "1", "-b", str(spec.start_col + 1), "-e", str(spec.end_col + 1)]
+        argv += ["-0"] if spec.preset == "bed" else []
+        argv += ["-S", str(line_skip)]
+    with Child([*argv, str(data)], what="tabix", name=name, stage=stage, scratch=scratch) as job:
+        return job.finish()
+
+
+def _require_bgzf(gz: Path, reader: RecordReader) -> None:
     with open(gz, "rb") as probe:
         if not is_bgzf(probe.read(16)):
             hint = "index the output of sort_intervals, which is BGZF"
             raise ProcessingError("not BGZF-compressed", file=reader.name, stage="index", hint=hint)
+    require_eof(gz, name=reader.name, stage="index")
+
+
+def _fresh_index(gz: Path) -> Path | None:
+    """The one index beside ``gz`` written no earlier than ``gz`` itself, if there is one."""
+    found = [p for p in (Path(f"{gz}{s}") for s in _SUFFIXES) if p.is_file()]
+    if len(found) != 1 or found[0].stat().st_mtime_ns < gz.stat().st_mtime_ns:
+        return None
+    return found[0]
+
+
+def _count(
+    gz: Path, reader: RecordReader, *, tools: Tools, threads: int, scratch: Path
+) -> tuple[int, int] | None:
+    """Return (line_skip, records) in one decompressing pass, or None for an irregular file."""
+    skip = [0]
+
+    def header_line(lineno: int, line: bytes) -> None:
+        if line[:1] != b"#":
+            skip[0] = lineno
+
+    common = {"threads": threads, "name": reader.name, "stage": "index", "scratch": scratch}
+    with read_decompressed(gz, tools, **common) as handle:
+        try:
+            first = scan_header(handle, reader, header_line)
+        except Irregular:
+            return None
+        records = 0
+        if first is not None:
+            last = first[0]
+            records = last.count(b"\n")
+            while block := handle.read(CHUNK):
+                records += block.count(b"\n")
+                last = block
+            records += not last.endswith(b"\n")
+    return skip[0], records
+
+
+def _scan(
+    gz: Path, fmt: str, *, name: str, tools: Tools, threads: int, scratch: Path
+) -> tuple[int, int, int]:
+    """Validate every record; return (line_skip, records, max_end)."""
+    reader = RecordReader(fmt, name=name, stage="index")
+    skip = [0]
+
+    def header_line(lineno: int, line: bytes) -> None:
+        reader.observe_header(lineno, line)
+        if line[:1] != b"#":
+            skip[0] = lineno
+
+    common = {"threads": threads, "name": reader.name, "stage": "index", "scratch": scratch}
+    validator = ChunkValidator(reader, vectorised=worth_vectorising(3 * gz.stat().st_size))
+    with read_decompressed(gz, tools, **common) as handle:
+        try:
+            first = scan_header(handle, reader, header_line)
+            if first is None:
+                return skip[0], 0, 0
+            chunks = read_chunks(handle, prefix=first[0], first=first[1], name=name, stage="index")
+            for chunk, lineno, lines in chunks:
+                validator.feed(chunk, lineno, lines)
+        except Irregular:
+            # Not what sort_intervals writes: let the line-by-line scan say what is wrong.
+            return _scan_lines(gz, RecordReader(fmt, name=name, stage="index"))
+    return skip[0], validator.records, validator.max_end
+
+
+def _scan_lines(gz: Path, reader: RecordReader) -> tuple[int, int, int]:
+    """The line-by-line scan: tabix skips ``#`` lines but not track/browser lines."""
     line_skip = records = max_end = 0
     for lineno, line in enumerate(LineSource(gz, name=reader.name, stage="index"), 1):
         if reader.is_header(line):
@@ -100,8 +228,10 @@ def _scan_for_index(gz: Path, reader: RecordReader) -> tuple[int, int, int]:
     return line_skip, records, max_end
 
 
-def _build_index(data: Path, spec: FormatSpec, *, line_skip: int, csi: bool, name: str) -> str:
-    """Run htslib's tabix indexer, turning its stderr into the error message or the result."""
+def _pysam_index(
+    data: Path, spec: FormatSpec, *, line_skip: int, csi: bool, name: str, stage: str
+) -> str:
+    """Run pysam's tabix indexer, turning its stderr into the error message or the result."""
     if spec.preset == "vcf":
         layout: dict[str, Any] = {"preset": "vcf"}
     else:
@@ -120,7 +250,7 @@ def _build_index(data: Path, spec: FormatSpec, *, line_skip: int, csi: bool, nam
         except OSError as exc:
             reason = _read_log(log) or str(exc)
             raise ProcessingError(
-                f"tabix indexing failed: {reason}", file=name, stage="index"
+                f"tabix indexing failed: {reason}", file=name, stage=stage
             ) from exc
         return _read_log(log)
 
@@ -147,74 +277,3 @@ class _stderr_to:  # lower case: it reads as a function, ``with _stderr_to(log):
 def _read_log(log: BinaryIO) -> str:
     log.seek(0)
     return log.read(_LOG_LIMIT).decode("utf-8", "replace").strip()
-
-
-def check_sorted(gz: str | Path, *, fmt: str, name: str) -> SortCheck:
-    """Re-read a sorted output and prove its order.
-
-    Contig blocks must be contiguous and in the expected order (the VCF header's ``##contig``
-    order when it has one, else byte order); starts must not decrease within a contig.
-
-    Args:
-        gz: a file written by :func:`sort_intervals` (or any BGZF/gzip/plain file of ``fmt``).
-        fmt: the canonical format name.
-        name: the file's user-facing name, used in errors.
-
-    Returns:
-        The records read and, on the first violation or unreadable record, where and what.
-
-    Raises:
-        ProcessingError: stage ``check``, when the file cannot be decompressed.
-    """
-    reader = RecordReader(fmt, name=name, stage="check")
-    order = OrderCheck(reader)
-    for lineno, line in enumerate(LineSource(gz, name=name, stage="check"), 1):
-        if reader.is_header(line):
-            if order.records:
-                return SortCheck(order.records, False, f"line {lineno}: header line after records")
-            reader.observe_header(lineno, line)
-            continue
-        try:
-            problem = order.add(*reader.parse(lineno, line)[:2])
-        except ProcessingError as exc:
-            return SortCheck(order.records, False, exc.message)
-        if problem:
-            return SortCheck(order.records, False, f"line {lineno}: {problem}")
-    return SortCheck(order.records, True)
-
-
-def query_index(folder_or_gz: str | Path, *, fmt: str, name: str) -> dict[str, int]:
-    """Count, through the index, the records of every contig the index lists.
-
-    Args:
-        folder_or_gz: an indexed BGZF file, or the folder :func:`index_intervals` wrote it to.
-        fmt: the canonical format name (picks ``*.<suffix>.gz`` in a folder).
-        name: the file's user-facing name, used in errors.
-
-    Returns:
-        Contig name → records returned by a region query for that contig.
-
-    Raises:
-        ProcessingError: stage ``query``, when there is no index or a query fails.
-    """
-    gz = _indexed_file(Path(folder_or_gz), spec_for(fmt, name=name), name)
-    index = next(p for p in (Path(f"{gz}.csi"), Path(f"{gz}.tbi")) if p.exists())
-    try:
-        # latin-1 decodes any byte: only the number of records matters here.
-        with pysam.TabixFile(str(gz), index=str(index), encoding="latin-1") as tabix:
-            return {contig: sum(1 for _ in tabix.fetch(contig)) for contig in tabix.contigs}
-    except (OSError, ValueError) as exc:
-        raise ProcessingError(f"region query failed: {exc}", file=name, stage="query") from exc
-
-
-def _indexed_file(path: Path, spec: FormatSpec, name: str) -> Path:
-    candidates = sorted(path.glob(f"*.{spec.suffix}.gz")) if path.is_dir() else [path]
-    indexed = [p for p in candidates if any(Path(f"{p}{s}").exists() for s in (".tbi", ".csi"))]
-    if len(indexed) != 1:
-        raise ProcessingError(
-            f"expected one indexed *.{spec.suffix}.gz at {path}, found {len(indexed)}",
-            file=name,
-            stage="query",
-            hint="index the file first (index_intervals)",
-        )
-    return indexed[0]
