@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pybigtools
 import pysam
 import pytest
@@ -26,6 +27,7 @@ from genoflow.processors.intervals import (
     query_index,
     sort_intervals,
 )
+from genoflow.processors.order import OrderCheck
 from genoflow.processors.records import RecordReader
 from genoflow.processors.reorder import BlockReorder
 from genoflow.processors.sortjob import SortJob
@@ -621,32 +623,32 @@ def test_index_refuses_a_plain_gzip_file(tmp_path):
 # ---------------------------------------------------------------- checks
 
 
-def test_check_sorted_accepts_a_sorted_output(tmp_path):
+def test_check_sorted_accepts_a_sorted_output(tmp_path, validation):
     src = write(tmp_path / "in.vcf", text(VCF_HEADER, vcf_lines(random.Random(14), 20)))
     result = sort_file(tmp_path, src, "vcf")
     assert check_sorted(result.files[0], fmt="vcf", name="in.vcf") == SortCheck(60, True)
 
 
-def test_check_sorted_reports_a_decreasing_start(tmp_path):
+def test_check_sorted_reports_a_decreasing_start(tmp_path, validation):
     src = write(tmp_path / "x.bed.gz", b"chr1\t50\t60\nchr1\t1\t5\n", "bgzf")
     check = check_sorted(src, fmt="bed", name="x.bed")
     assert (check.ordered, check.problem) == (False, "line 2: 'chr1':1 after 'chr1':50")
 
 
-def test_check_sorted_reports_a_split_contig_block(tmp_path):
+def test_check_sorted_reports_a_split_contig_block(tmp_path, validation):
     src = write(tmp_path / "x.bed.gz", b"chr1\t1\t2\nchr2\t1\t2\nchr1\t5\t6\n", "bgzf")
     check = check_sorted(src, fmt="bed", name="x.bed")
     assert not check.ordered
     assert "appears again" in (check.problem or "")
 
 
-def test_check_sorted_reports_contigs_out_of_header_order(tmp_path):
+def test_check_sorted_reports_contigs_out_of_header_order(tmp_path, validation):
     lines = [b"chr1\t5\t.\tA\tG\t.\t.\t.", b"chr2\t5\t.\tA\tG\t.\t.\t."]
     src = write(tmp_path / "x.vcf.gz", text(VCF_HEADER, lines), "bgzf")
     assert not check_sorted(src, fmt="vcf", name="x.vcf").ordered
 
 
-def test_check_sorted_reports_a_header_line_after_records(tmp_path):
+def test_check_sorted_reports_a_header_line_after_records(tmp_path, validation):
     src = write(tmp_path / "x.bed.gz", b"chr1\t1\t2\ntrack name=late\nchr1\t5\t6\n", "bgzf")
     check = check_sorted(src, fmt="bed", name="x.bed")
     assert (check.ordered, check.problem) == (False, "line 2: header line after records")
@@ -766,3 +768,30 @@ def test_block_reorder_refuses_a_contig_it_was_not_promised(tmp_path):
         blocks = BlockReorder([b"chr2", b"chr1"], io.BytesIO(), spill)
         with pytest.raises(ValueError, match="chr3"):
             blocks.write(b"chr1\t5\nchr3\t1\n")
+
+
+# ---------------------------------------------------------------- order checks
+
+
+def order_verdicts(rows: list[tuple[bytes, int]], split: int) -> tuple[bool, bool]:
+    """(record-by-record verdict, verdict with the rows after ``split`` checked as one block)."""
+    reader = RecordReader("bed", name="x")
+    one_by_one = OrderCheck(reader)
+    by_record = all(one_by_one.add(contig, start) is None for contig, start in rows)
+    blockwise = OrderCheck(reader)
+    head = all(blockwise.add(contig, start) is None for contig, start in rows[:split])
+    names = sorted({contig for contig, _ in rows[split:]})
+    codes = np.array([names.index(contig) for contig, _ in rows[split:]])
+    starts = np.array([start for _, start in rows[split:]])
+    return by_record, head and blockwise.add_block(codes, names, starts)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_order_check_of_a_block_agrees_with_record_by_record(seed):
+    rng = random.Random(seed)
+    rows = sorted((rng.choice([b"chr1", b"chr10", b"chr2"]), rng.randrange(50)) for _ in range(30))
+    if seed % 2:
+        i, j = rng.randrange(30), rng.randrange(30)
+        rows[i], rows[j] = rows[j], rows[i]
+    verdicts = order_verdicts(rows, rng.randrange(1, 29))
+    assert verdicts[0] == verdicts[1]

@@ -24,12 +24,14 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from genoflow.errors import ProcessingError
+from genoflow.processors.order import OrderCheck
 from genoflow.processors.records import MAX_LINE, RecordReader, vcf_end
 
 __all__ = [
     "VECTORISE_ABOVE",
     "ChunkValidator",
     "Irregular",
+    "OutOfOrder",
     "read_chunks",
     "scan_header",
     "worth_vectorising",
@@ -63,6 +65,20 @@ class Irregular(Exception):
         self.what = what
 
 
+class OutOfOrder(Exception):
+    """A record out of sorted order (raised only when the validator was given an order check).
+
+    Attributes:
+        lineno: its line number.
+        problem: what is wrong, as :meth:`OrderCheck.add` says it.
+    """
+
+    def __init__(self, lineno: int, problem: str) -> None:
+        super().__init__(f"line {lineno}: {problem}")
+        self.lineno = lineno
+        self.problem = problem
+
+
 class ChunkValidator:
     """Validates chunks of record lines, in file order, and keeps count of what it saw.
 
@@ -70,13 +86,17 @@ class ChunkValidator:
         reader: the file's reader, already past its header lines (it holds the VCF contig
             order and ``#CHROM`` state, and learns each record contig as it is validated).
         vectorised: whether to try pandas on large chunks.
+        order: when given, every record must also keep sorted order (:class:`OutOfOrder`).
     """
 
-    def __init__(self, reader: RecordReader, *, vectorised: bool) -> None:
+    def __init__(
+        self, reader: RecordReader, *, vectorised: bool, order: OrderCheck | None = None
+    ) -> None:
         self.reader = reader
         self.records = 0
         self.max_end = 0
         self._vectorised = vectorised
+        self._order = order
         self._columns = _columns(reader.spec)
 
     def feed(self, chunk: bytes, first: int, lines: int) -> None:
@@ -90,6 +110,7 @@ class ChunkValidator:
         Raises:
             ProcessingError: a record is invalid (the first one, with its line number).
             Irregular: a line is a header, comment, blank or CRLF line.
+            OutOfOrder: with an order check, a record is out of order.
         """
         if not chunk:
             return
@@ -110,7 +131,10 @@ class ChunkValidator:
                 raise Irregular(lineno, "crlf")
             if reader.is_header(line):
                 raise Irregular(lineno, "header")
-            max_end = max(max_end, reader.parse(lineno, line)[2])
+            contig, start, end = reader.parse(lineno, line)
+            max_end = max(max_end, end)
+            if self._order is not None and (problem := self._order.add(contig, start)):
+                raise OutOfOrder(lineno, problem)
         self.records += len(lines)
         self.max_end = max_end
 
@@ -127,7 +151,8 @@ class ChunkValidator:
             frame = _parse(chunk.translate(_SWAP), self._columns)
         except (ValueError, OverflowError, TypeError):
             return False
-        if len(frame) != rows or not self._contigs_valid(frame[0], first):
+        names = self._contigs_valid(frame[0], first) if len(frame) == rows else None
+        if names is None:
             return False
         spec = self.reader.spec
         starts = frame[spec.start_col].to_numpy()
@@ -143,18 +168,25 @@ class ChunkValidator:
         last = spec.min_columns - 1
         if last not in (spec.start_col, spec.end_col) and "" in frame[last].cat.categories:
             return False
+        codes = frame[0].cat.codes.to_numpy()
+        if self._order is not None and not self._order.add_block(codes, names, starts):
+            return False
         self.records += rows
         self.max_end = max(self.max_end, end)
         return True
 
-    def _contigs_valid(self, column: Any, first: int) -> bool:
-        """Check each contig new to the reader once, at the line that first names it."""
+    def _contigs_valid(self, column: Any, first: int) -> list[bytes] | None:
+        """Check each contig new to the reader once, at the line that first names it.
+
+        Returns:
+            The column's categories as contig names, or None when one is not valid.
+        """
         names = [c.encode("latin-1").translate(_SWAP) for c in column.cat.categories]
         if any(not name or self.reader.is_header(name) for name in names):
-            return False
+            return None
         new = [i for i, contig in enumerate(names) if contig not in self.reader.seen_contigs]
         if not new:
-            return True
+            return names
         codes = column.cat.codes.to_numpy()
         found, rows = np.unique(codes, return_index=True)
         row_of = dict(zip(found.tolist(), rows.tolist(), strict=True))
@@ -162,8 +194,8 @@ class ChunkValidator:
             for i in sorted(new, key=row_of.__getitem__):
                 self.reader.check_contig(first + row_of[i], names[i])
         except ProcessingError:
-            return False
-        return True
+            return None
+        return names
 
     def _vcf_max_end(self, chunk: bytes, starts: np.ndarray, ref: Any) -> int:
         """VCF ends come from REF's length, or from INFO ``END=`` on the lines that carry it."""
