@@ -6,10 +6,11 @@ the code location, because Dagster fixes them when it loads the definitions.
 
 from __future__ import annotations
 
-from dagster import Definitions, in_process_executor
+from dagster import Definitions
 
 from genoflow.assets import family_assets, family_checks
 from genoflow.automation import AutomationSettings, automation_sensor
+from genoflow.executors import executor_from_env
 from genoflow.io_manager import ArtifactIOManager
 from genoflow.jobs import family_job
 from genoflow.pipeline import CHAINS
@@ -37,6 +38,5 @@ defs = Definitions(
         "genoflow": genoflow_resource,
         "artifact_io_manager": ArtifactIOManager(genoflow=genoflow_resource),
     },
-    # One md5's chain is strictly sequential: a process per step would only add start-ups.
-    executor=in_process_executor,
+    executor=executor_from_env(),  # GENOFLOW_EXECUTOR: in_process (default), multiprocess, celery
 )
