@@ -204,8 +204,14 @@ def bucket_problems(objects: Path | None) -> list[str]:
     return [problem for marker in markers for problem in marker_problems(marker.parent)]
 
 
-def classify(home: Path, objects: Path | None = None) -> str:
-    """Say at which moment a killed ``genoflow run`` died, from what it left on disk."""
+def classify(home: Path, objects: Path | None = None, md5: str = "") -> str:
+    """Say at which moment a killed ``genoflow run`` died, from what it left on disk.
+
+    Args:
+        home: the killed run's GENOFLOW_HOME.
+        objects: the emulator's object folder, when the run replicated to a bucket.
+        md5: the source the run was building, when the home also holds older artifacts.
+    """
     for draft in drafts(home):
         asset, names = draft.parent.name, {p.name for p in draft.iterdir()}
         if MARKER in names:
@@ -222,7 +228,10 @@ def classify(home: Path, objects: Path | None = None) -> str:
     registered = {row[0] for row in rows if not row[3].startswith("gs://")}
     if set(artifacts(home)) - registered:
         return "before-register"
-    return "between-steps" if artifacts(home) else "before-any-build"
+    built = [key for key in artifacts(home) if md5 in key]
+    if not built:
+        return "before-any-build"
+    return "after-last-step" if any("/index/" in key for key in built) else "between-steps"
 
 
 def reader_problems(home: Path, objects: Path | None = None) -> list[str]:

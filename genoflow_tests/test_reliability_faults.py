@@ -192,13 +192,13 @@ class Outage:
 
 @pytest.fixture(scope="module")
 def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
-    """Replicate a 24 MB artifact to a private emulator, stop the emulator once a third of the
+    """Replicate a 12 MB artifact to a private emulator, stop the emulator once a third of the
     upload went through, then start it again (same objects folder) and run once more."""
     folder = tmp_path_factory.mktemp("outage")
     objects, log = folder / "objects", folder / "server.log"
     objects.mkdir()
     rng = random.Random(5)
-    data = "".join(f"s{i},{rng.random():.12f}\n" for i in range(1_000_000)).encode()
+    data = "".join(f"s{i},{rng.random():.12f}\n" for i in range(500_000)).encode()
     manifest = write_source(folder / "inputs", "big.csv", data)
     home = folder / "home"
     server, endpoint, _ = emulator.start(objects, log)
