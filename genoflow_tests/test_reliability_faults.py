@@ -570,3 +570,19 @@ def test_the_run_after_the_registry_is_back_registers_and_replicates_it(
         (key, "gcs", "PRIMARY", "available"),
         (key, "local", "PRIMARY", "available"),
     ]
+
+
+def test_a_registry_that_never_answers_fails_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install -e '.[dev]')")
+    from genoflow.errors import StorageError
+    from genoflow.storage import registry
+
+    # The kernel completes the handshake of a listening socket nobody accepts from: a host that
+    # is up but whose database hangs. Without a connect timeout libpq waits for ever.
+    monkeypatch.setattr(registry, "CONNECT_TIMEOUT", 1)
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:
+        url = f"postgresql+psycopg2://genoflow@127.0.0.1:{silent.getsockname()[1]}/genoflow"
+        with pytest.raises(StorageError, match=r"\[registry\].*timeout"):
+            registry.Registry(url)

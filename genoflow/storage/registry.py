@@ -25,6 +25,9 @@ from genoflow.errors import StorageError, redact
 
 metadata = sa.MetaData()
 _DDL_LOCK = 0x67656E6F  # "geno": the advisory lock key taken while creating tables
+# Seconds to wait for a PostgreSQL server to answer (libpq's connect_timeout) unless the URL
+# sets one: without it, a host that accepts connections but never answers hangs every run.
+CONNECT_TIMEOUT = 10
 
 source_rows = sa.Table(
     "source_row",
@@ -121,6 +124,14 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def _server_engine(url: str) -> Engine:
+    parsed = sa.engine.make_url(url)
+    timeout = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        timeout = {"connect_timeout": CONNECT_TIMEOUT}
+    return sa.create_engine(parsed, connect_args=timeout)
+
+
 class Registry:
     """Source rows by md5, in SQLite by default.
 
@@ -134,7 +145,7 @@ class Registry:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{Path(url).resolve()}"
         self.url = url
-        self.engine = _sqlite_engine(url) if url.startswith("sqlite") else sa.create_engine(url)
+        self.engine = _sqlite_engine(url) if url.startswith("sqlite") else _server_engine(url)
         with self.begin() as connection:
             if connection.dialect.name == "postgresql":
                 # Concurrent CREATE TABLE on PostgreSQL races on its catalogue: serialize it.
