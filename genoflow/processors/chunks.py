@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
@@ -227,20 +228,24 @@ def _columns(spec: Any) -> dict[int, str]:
 def _parse(data: bytes, columns: dict[int, str]) -> Any:
     import pandas as pd
 
-    return pd.read_csv(
-        io.BytesIO(data),
-        sep="\t",
-        header=None,
-        usecols=list(columns),
-        dtype=columns,
-        engine="c",
-        quoting=csv.QUOTE_NONE,
-        na_filter=False,
-        encoding="latin-1",
-        lineterminator="\n",
-        skip_blank_lines=False,
-        low_memory=False,
-    )
+    # A value such as "nan" that cannot become an integer raises ValueError (and the chunk goes
+    # line by line); numpy's accompanying "invalid value in cast" warning says nothing more.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return pd.read_csv(
+            io.BytesIO(data),
+            sep="\t",
+            header=None,
+            usecols=list(columns),
+            dtype=columns,
+            engine="c",
+            quoting=csv.QUOTE_NONE,
+            na_filter=False,
+            encoding="latin-1",
+            lineterminator="\n",
+            skip_blank_lines=False,
+            low_memory=False,
+        )
 
 
 def scan_header(

@@ -13,8 +13,8 @@ lines, and :mod:`~genoflow.processors.streamed` (Python reads, validates and key
 for the rest. Compression and indexing go through ``bgzip``/``tabix`` or pysam, as
 :mod:`~genoflow.processors.engine` chooses (``GENOFLOW_ENGINE``).
 
-Indexing, order checks and region queries of the sorted files live in
-:mod:`genoflow.processors.tabix` and are re-exported here.
+Indexing lives in :mod:`genoflow.processors.tabix`, order checks and region queries in
+:mod:`genoflow.processors.interval_checks`; both are re-exported here.
 """
 
 from __future__ import annotations
