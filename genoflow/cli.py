@@ -75,10 +75,16 @@ def load_manifests(paths: Sequence[Path]) -> tuple[Manifest, list[str]]:
     readable, problems = [], []
     for path in paths:
         try:
-            read_manifest(path)
-            readable.append(path)
+            alone = read_manifest(path)
         except ManifestError as exc:
             problems.append(str(exc))
+            continue
+        readable.append(path)
+        if not alone.rows and not alone.errors:
+            problems.append(
+                f"[manifest] {path}: lists no rows — add one row per file under the header, "
+                "or leave the manifest out"
+            )
     from genoflow.storage.gcs import gs_md5
 
     manifest = read_manifests(readable, md5_lookup=gs_md5)

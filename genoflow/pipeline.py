@@ -8,7 +8,9 @@ bodies call these functions and the IO manager calls :func:`publish`.
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -19,7 +21,7 @@ from typing import Any, Protocol
 from genoflow import formats
 from genoflow.checksums import md5_file
 from genoflow.config import Settings
-from genoflow.errors import GenoflowError, SourceError, redact
+from genoflow.errors import GenoflowError, SourceError, StorageError, redact
 from genoflow.processors import alignments, intervals
 from genoflow.processors.base import Result, SortCheck, tool_versions
 from genoflow.storage import staging
@@ -94,11 +96,17 @@ def publish(cache: Store, built: Built) -> Artifact:
     )
 
 
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
 def _build(
     cache: Store,
     key: ArtifactKey,
     make: Callable[[Draft], tuple[str, dict[str, Any]]],
     upstream: Artifact | None = None,
+    *,
+    stage: str,
+    name: str,
 ) -> Artifact | Built:
     found = cache.begin(key)
     if isinstance(found, Artifact):
@@ -106,6 +114,16 @@ def _build(
     started = time.perf_counter()
     try:
         processor, details = make(found)
+    except OSError as exc:
+        cache.discard(found)
+        if exc.errno not in _DISK_FULL:
+            raise
+        raise StorageError(
+            f"ran out of disk space while writing ({os.strerror(exc.errno)})",
+            stage=stage,
+            file=name,
+            hint="free space under GENOFLOW_HOME (or point it at a larger disk) and run again",
+        ) from None
     except BaseException:
         cache.discard(found)
         raise
@@ -158,7 +176,7 @@ def build_source(
         }
         return "genoflow.storage.staging.stage", details
 
-    return _build(cache, key, make)
+    return _build(cache, key, make, stage="stage", name=first.name)
 
 
 def full_uri(row: SourceRow) -> str:
@@ -240,7 +258,7 @@ def build_sorted(cache: Store, source: Artifact, settings: Settings) -> Artifact
                 processor = "genoflow.processors.intervals.sort_intervals"
         return processor, _details(result, source)
 
-    return _build(cache, key, make, source)
+    return _build(cache, key, make, source, stage="sort", name=name)
 
 
 def build_index(cache: Store, sorted_: Artifact, settings: Settings) -> Artifact | Built:
@@ -259,7 +277,7 @@ def build_index(cache: Store, sorted_: Artifact, settings: Settings) -> Artifact
             processor = "genoflow.processors.intervals.index_intervals"
         return processor, _details(result, sorted_)
 
-    return _build(cache, key, make, sorted_)
+    return _build(cache, key, make, sorted_, stage="index", name=name)
 
 
 def _facts(artifact: Artifact) -> tuple[str, str, str]:

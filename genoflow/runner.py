@@ -26,7 +26,11 @@ from genoflow.config import Settings
 from genoflow.errors import GenoflowError
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import CHAINS
+from genoflow.storage.replicas import local_owner_gone, owner_id
 
+LAUNCHED_BY = "genoflow/launched_by"
+# host:pid of the process executing the run in process; a run left STARTED by a dead one is failed.
+OWNER = "genoflow/owner"
 # Failures reach the user through the summary; the run keeps every event in the instance.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
@@ -69,7 +73,34 @@ def open_instance(settings: Settings) -> DagsterInstance:
         instance.get_runs(limit=1)
         instance.get_dynamic_partitions(PARTITIONS["passthrough"].name)
         instance.all_instigator_state()
+        fail_abandoned_runs(instance)
     return instance
+
+
+def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
+    """Mark as failed the runs that a killed ``genoflow run`` process left in progress.
+
+    A run executes inside the process that started it; when that process dies (SIGKILL, the
+    out-of-memory killer, a reboot) nothing reports the run's end and it stays ``STARTED``
+    forever, so backfills would keep skipping its partition as in progress. A run whose
+    ``genoflow/owner`` tag names a process of this host that no longer exists is reported failed.
+    Runs owned by another host are left alone: their processes cannot be probed from here.
+
+    Returns:
+        The ids of the runs marked failed.
+    """
+    from dagster import DagsterRunStatus, RunsFilter
+
+    in_progress = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+    runs = instance.get_runs(RunsFilter(statuses=in_progress, tags={LAUNCHED_BY: "genoflow run"}))
+    failed = []
+    for run in runs:
+        owner = run.tags.get(OWNER, "")
+        if local_owner_gone(owner):
+            message = f"the process {owner} running it is gone (killed); run the manifest again"
+            instance.report_run_failed(run, message=message)
+            failed.append(run.run_id)
+    return failed
 
 
 def add_partitions(instance: DagsterInstance, by_family: dict[str, list[str]]) -> int:
@@ -100,7 +131,7 @@ def run_one(md5: str, family: str) -> Outcome:
             instance=DagsterInstance.get(),
             raise_on_error=False,
             run_config=_QUIET,
-            tags={"genoflow/launched_by": "genoflow run"},
+            tags={LAUNCHED_BY: "genoflow run", OWNER: owner_id()},
         )
     except DagsterError as exc:
         outcome.error = f"[dagster] {md5}: {exc}"

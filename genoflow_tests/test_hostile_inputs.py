@@ -614,11 +614,6 @@ def test_a_run_with_hostile_inputs_exits_1_and_leaves_no_temp_folders(ran: Ran) 
     assert debris == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a manifest with a header and no rows is read silently; cli.load_manifests should "
-    "report '[manifest] FILE: lists no rows' for a readable manifest with neither rows nor errors",
-)
 def test_a_manifest_with_no_rows_is_reported_by_name(ran: Ran) -> None:
     assert f"{ran.empty_manifest}: lists no rows" in ran.result.stderr
 

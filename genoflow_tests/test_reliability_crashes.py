@@ -406,13 +406,5 @@ def test_the_pending_replica_of_the_dead_run_is_reclaimed(crash: Crash) -> None:
 
 
 @pytest.mark.parametrize("crash", ["sorting"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run whose process was killed stays STARTED in the Dagster instance, so "
-    "`genoflow backfill` and the nightly schedule skip its partition as in progress and never "
-    "rebuild what the kill left missing; genoflow run should tag "
-    "each run with its host:pid (runner.run_one) and, at start, report runs left STARTED by a "
-    "dead pid as failed (instance.report_run_failed)",
-)
 def test_the_run_of_a_killed_builder_is_not_left_in_progress(crash: Crash) -> None:
     assert "STARTED" not in crash.run_statuses

@@ -333,14 +333,6 @@ def run_on_a_small_disk(home: Path, manifest: Path, limit: int) -> tuple[int, st
         pytest.param(
             "sort",
             lambda folder: write_source(folder, "big.bed.gz", gzip.compress(REPEATED)),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the sort lets OSError(EFBIG/ENOSPC) from its scratch files escape, "
-                "reported as 'OSError: [Errno 27] File too large' without file or stage; "
-                "pipeline._build should turn an OSError whose errno is ENOSPC, EFBIG or EDQUOT "
-                "into StorageError(stage=<the asset's stage>, file=<name>, hint='free space "
-                "under GENOFLOW_HOME')",
-            ),
         ),
     ],
     ids=["while-staging", "while-sorting"],

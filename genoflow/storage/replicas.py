@@ -241,18 +241,27 @@ def drop_pending(connection: Connection, location: str, path: str, owner: str) -
     return deleted.rowcount > 0
 
 
+def local_owner_gone(owner: str) -> bool | None:
+    """Whether the process ``host:pid`` (see :func:`owner_id`) has ended; None when it belongs to
+    another host, whose processes cannot be probed from here."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def writer_gone(replica: Replica, max_age: float) -> bool:
     """Whether the owner of a pending replica is gone: a dead pid on this host, or, for another
     host (whose processes cannot be probed), a row older than ``max_age`` seconds."""
-    host, _, pid = (replica.owner or "").rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+    gone = local_owner_gone(replica.owner or "")
+    if gone is not None:
+        return gone
     assert replica.updated_at is not None  # every row has one
     return (now() - replica.updated_at).total_seconds() > max_age
 
