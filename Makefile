@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 GENOFLOW_HOME ?= $(CURDIR)/.genoflow
 export GENOFLOW_HOME
 
-.PHONY: demo test dev bench lint format clean
+.PHONY: demo test dev bench lint format clean cluster-demo cluster-tools
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,19 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
+
+# A local cluster (README "Running on a cluster"): Redis, PostgreSQL, a fake GCS bucket, the
+# Dagster daemon and UI, two Celery workers; the demo manifest; a report; everything stopped.
+cluster-demo: $(VENV)/.installed-dev cluster-tools
+	$(BIN)/python -m scripts.cluster
+
+cluster-tools:
+	@if ! command -v redis-server >/dev/null || ! { command -v initdb >/dev/null || \
+	    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }; then \
+	  echo "installing redis-server and postgresql with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends redis-server postgresql >/dev/null; \
+	fi
 
 dev: $(VENV)/.installed
 	$(BIN)/genoflow dev
