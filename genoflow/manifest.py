@@ -108,12 +108,16 @@ class Manifest:
 Md5Lookup = Callable[[str], str | None]
 
 
-def read_manifest(path: str | Path, *, md5_lookup: Md5Lookup | None = None) -> Manifest:
+def read_manifest(
+    path: str | Path, *, md5_lookup: Md5Lookup | None = None, base: str | None = None
+) -> Manifest:
     """Read one manifest; see :func:`read_manifests`."""
-    return read_manifests([path], md5_lookup=md5_lookup)
+    return read_manifests([path], md5_lookup=md5_lookup, base=base)
 
 
-def read_manifests(paths: Iterable[str | Path], *, md5_lookup: Md5Lookup | None = None) -> Manifest:
+def read_manifests(
+    paths: Iterable[str | Path], *, md5_lookup: Md5Lookup | None = None, base: str | None = None
+) -> Manifest:
     """Read manifests and validate their rows together.
 
     A row is dropped (and reported) when a required field (name, uri, md5) is missing, the md5
@@ -126,6 +130,8 @@ def read_manifests(paths: Iterable[str | Path], *, md5_lookup: Md5Lookup | None 
         paths: the manifests.
         md5_lookup: for ``gs://`` rows whose md5 is left empty, a function returning the
             object's md5 (its ``md5Hash``); without one, the md5 is required on every row.
+        base: what relative uris resolve against instead of each manifest's own folder, e.g.
+            the ``gs://bucket/prefix`` a local copy of a bucket's manifest was downloaded from.
 
     Raises:
         ManifestError: a manifest cannot be read or parsed at all (the first such one).
@@ -134,9 +140,11 @@ def read_manifests(paths: Iterable[str | Path], *, md5_lookup: Md5Lookup | None 
     rows: list[ManifestRow] = []
     errors: list[RowError] = []
     for manifest in manifests:
-        base = Path(os.path.abspath(manifest)).parent
+        folder = base or Path(os.path.abspath(manifest)).parent
         for line, fields in load_records(manifest):
-            outcome = _validate(fields, manifest=manifest, line=line, base=base, lookup=md5_lookup)
+            outcome = _validate(
+                fields, manifest=manifest, line=line, base=folder, lookup=md5_lookup
+            )
             (rows if isinstance(outcome, ManifestRow) else errors).append(outcome)
     rows, conflicts = _cross_check(rows)
     order = {manifest: index for index, manifest in enumerate(manifests)}
@@ -194,7 +202,7 @@ def _missing(name: str, uri: str, md5: str) -> str | None:
     return f"missing required field(s) {', '.join(missing)}"
 
 
-def _resolve(uri: str, base: Path) -> tuple[str, str | None]:
+def _resolve(uri: str, base: Path | str) -> tuple[str, str | None]:
     try:
         return resolve_uri(uri, base=base), None
     except GenoflowError as exc:
@@ -219,7 +227,7 @@ def _validate(
     *,
     manifest: Path,
     line: int,
-    base: Path,
+    base: Path | str,
     lookup: Md5Lookup | None = None,
 ) -> ManifestRow | RowError:
     if isinstance(fields, str):

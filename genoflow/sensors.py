@@ -43,6 +43,7 @@ from genoflow.resources import GenoflowResource
 from genoflow.storage.gcs import gs_md5
 from genoflow.storage.registry import Registry
 from genoflow.watch import LocalManifests, ManifestCursor, Scan, manifest_location, scan
+from genoflow.watch_gcs import GcsManifests
 
 SENSOR_NAME = "manifest_sensor"
 MAX_LOGGED_ROW_ERRORS = 200  # per tick; the rest are counted, so a broken export cannot flood
@@ -77,7 +78,12 @@ def manifest_sensor(
     def _manifest_sensor(
         context: SensorEvaluationContext, genoflow: GenoflowResource
     ) -> SensorResult | SkipReason:
-        return evaluate(context, genoflow.settings(), manifest_location(), limit=MAX_NEW_PER_TICK)
+        settings = genoflow.settings()
+        try:
+            location = manifest_location(copies=settings.home / "manifests" / "gs")
+        except ManifestError as exc:
+            return SkipReason(str(exc))
+        return evaluate(context, settings, location, limit=MAX_NEW_PER_TICK)
 
     return _manifest_sensor
 
@@ -85,17 +91,26 @@ def manifest_sensor(
 def evaluate(
     context: SensorEvaluationContext,
     settings: Settings,
-    location: LocalManifests,
+    location: LocalManifests | GcsManifests,
     *,
     limit: int,
 ) -> SensorResult | SkipReason:
-    """One tick of the manifest sensor over ``location``, requesting at most ``limit`` md5s."""
-    if not location.exists():
-        return SkipReason(
-            f"manifest folder {location} does not exist: create it, or set GENOFLOW_MANIFESTS"
-        )
+    """One tick of the manifest sensor over ``location``, requesting at most ``limit`` md5s.
+
+    A location that cannot be listed (a bucket out of reach) skips the tick with the reason and
+    keeps the cursor, so nothing is forgotten.
+    """
+    try:
+        if not location.exists():
+            return SkipReason(
+                f"manifest folder {location} does not exist: create it, or set GENOFLOW_MANIFESTS"
+            )
+        listing = location.listing()
+    except ManifestError as exc:
+        context.log.error(str(exc))
+        return SkipReason(str(exc))
     previous = ManifestCursor.parse(context.cursor)
-    result = scan(previous, location.listing())
+    result = scan(previous, listing)
     for problem in result.problems:
         context.log.warning(problem)
     if not result.changed:
@@ -131,14 +146,14 @@ def evaluate(
 
 
 def _read_changed(
-    context: SensorEvaluationContext, location: LocalManifests, result: Scan
+    context: SensorEvaluationContext, location: LocalManifests | GcsManifests, result: Scan
 ) -> dict[str, list[ManifestRow]]:
     """Valid rows of each changed manifest, each read alone; every problem is logged."""
     manifests: dict[str, list[ManifestRow]] = {}
     errors: list[RowError] = []
     for name in result.changed:
         try:
-            manifest = read_manifest(location.path(name), md5_lookup=gs_md5)
+            manifest = read_manifest(location.path(name), md5_lookup=gs_md5, base=location.base)
         except ManifestError as exc:
             context.log.error(str(exc))
             continue

@@ -9,6 +9,7 @@ in :data:`URI_RESOLVERS` says — or raises :class:`~genoflow.errors.SourceError
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -73,13 +74,14 @@ URI_RESOLVERS: dict[str, Resolver] = {
 """Scheme → resolver. Remote schemes pass through until readers for them are registered."""
 
 
-def resolve_uri(uri: str, *, base: Path) -> str:
+def resolve_uri(uri: str, *, base: Path | str) -> str:
     """Resolve a manifest ``uri`` into what the staging layer reads.
 
     Args:
         uri: a path relative to ``base``, an absolute path, a ``file://`` URI (percent-encoded),
             or a URI whose scheme is in :data:`URI_RESOLVERS`.
-        base: the manifest's folder, absolute.
+        base: the manifest's folder, absolute; or the ``gs://bucket/prefix`` of a manifest
+            kept in a bucket, against which a relative uri becomes an object of that bucket.
 
     Returns:
         An absolute, normalised local path for local files; other URIs as their resolver says.
@@ -91,6 +93,8 @@ def resolve_uri(uri: str, *, base: Path) -> str:
     if match is None and not uri.lower().startswith("file:"):
         if CONTROL.search(uri):
             raise SourceError("uri contains a control character", file=uri, stage="manifest")
+        if isinstance(base, str) and base.startswith("gs://") and not uri.startswith("/"):
+            return _in_bucket(uri, base)
         return os.path.normpath(os.path.join(base, uri))
     scheme = match.group(1).lower() if match else "file"
     resolver = URI_RESOLVERS.get(scheme)
@@ -102,6 +106,17 @@ def resolve_uri(uri: str, *, base: Path) -> str:
             stage="manifest",
         )
     return resolver(uri, base)
+
+
+def _in_bucket(uri: str, base: str) -> str:
+    """``uri`` relative to ``gs://bucket/prefix``, as an object of that bucket."""
+    bucket, _, prefix = base.removeprefix("gs://").partition("/")
+    key = posixpath.normpath(posixpath.join(prefix, uri))
+    if key == "." or key.startswith("../") or key == "..":
+        raise SourceError(
+            f"relative uri leaves the bucket gs://{bucket}", file=uri, stage="manifest"
+        )
+    return f"gs://{bucket}/{key}"
 
 
 def uri_basename(uri: str) -> str:

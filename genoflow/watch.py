@@ -17,8 +17,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genoflow.errors import ManifestError
+
+if TYPE_CHECKING:
+    from genoflow.watch_gcs import GcsManifests
 
 DEFAULT_LOCATION = "data/manifests"
 MANIFEST_SUFFIXES = (".tsv", ".csv", ".json")
@@ -136,6 +140,11 @@ class LocalManifests:
     def __str__(self) -> str:
         return str(self.folder)
 
+    @property
+    def base(self) -> None:
+        """Relative uris resolve against each manifest's own folder."""
+        return None
+
     def exists(self) -> bool:
         return self.folder.is_dir()
 
@@ -208,19 +217,32 @@ def scan(previous: ManifestCursor, listing: Listing) -> Scan:
     )
 
 
-def manifest_location(environ: Mapping[str, str] | None = None) -> LocalManifests:
+def manifest_location(
+    environ: Mapping[str, str] | None = None, *, copies: Path | None = None
+) -> LocalManifests | GcsManifests:
     """The watched manifests: ``GENOFLOW_MANIFESTS`` (default ``data/manifests``).
 
+    Args:
+        environ: the environment to read (default ``os.environ``).
+        copies: where manifests kept in a bucket are copied before they are read (default
+            ``GENOFLOW_HOME/manifests/gs``).
+
     Raises:
-        ManifestError: the variable names a ``gs://`` prefix, which is not watched yet.
+        ManifestError: the variable names a URI other than ``gs://bucket[/prefix]``.
     """
     env = os.environ if environ is None else environ
     location = env.get("GENOFLOW_MANIFESTS") or DEFAULT_LOCATION
+    if location.startswith("gs://"):
+        from genoflow.config import Settings
+        from genoflow.watch_gcs import GcsManifests
+
+        copies = copies or Settings.from_env(env).home / "manifests" / "gs"
+        return GcsManifests(location, copies=copies)
     if "://" in location:
         raise ManifestError(
-            "only a local folder can be watched for manifests so far",
+            "manifests are watched in a local folder or a gs://bucket/prefix only",
             file=location,
             stage="watch",
-            hint="set GENOFLOW_MANIFESTS to a local folder (copy the manifests there)",
+            hint="set GENOFLOW_MANIFESTS to a local folder or a gs:// prefix",
         )
     return LocalManifests(location)

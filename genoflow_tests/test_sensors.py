@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
 
-from genoflow.errors import ManifestError
 from genoflow.jobs import family_job
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import CHAINS
 from genoflow.resources import GenoflowResource
 from genoflow.sensors import chain_version, evaluate, manifest_sensor, run_key
 from genoflow.storage.registry import Registry
-from genoflow.watch import LocalManifests, ManifestCursor, manifest_location, scan
+from genoflow.watch import LocalManifests, ManifestCursor, scan
 
 HEADER = "name\turi\tmd5\tformat\tsize\n"
 
@@ -292,8 +291,3 @@ def test_two_new_copies_of_one_manifest_are_read_once(watched) -> None:
     _manifest(watched, "b.tsv", inputs)
     result = scan(ManifestCursor(), LocalManifests(watched).listing())
     assert (result.changed, result.moved) == (["a.tsv"], ["b.tsv"])
-
-
-def test_a_gs_manifest_location_is_refused_with_what_to_do() -> None:
-    with pytest.raises(ManifestError, match="set GENOFLOW_MANIFESTS to a local folder"):
-        manifest_location({"GENOFLOW_MANIFESTS": "gs://bucket/manifests"})
