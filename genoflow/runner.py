@@ -82,7 +82,8 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
 
     A run executes inside the process that started it; when that process dies (SIGKILL, the
     out-of-memory killer, a reboot) nothing reports the run's end and it stays ``STARTED``
-    forever, so backfills would keep skipping its partition as in progress. A run whose
+    forever (or ``NOT_STARTED``, killed between creating and starting it), so backfills would
+    keep skipping its partition as in progress. A run whose
     ``genoflow/owner`` tag names a process of this host that no longer exists is reported failed.
     Runs owned by another host are left alone: their processes cannot be probed from here.
 
@@ -91,7 +92,11 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
     """
     from dagster import DagsterRunStatus, RunsFilter
 
-    in_progress = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+    in_progress = [
+        DagsterRunStatus.NOT_STARTED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+    ]
     runs = instance.get_runs(RunsFilter(statuses=in_progress, tags={LAUNCHED_BY: "genoflow run"}))
     failed = []
     for run in runs:

@@ -17,10 +17,12 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def _started_run(instance: DagsterInstance, owner: str) -> str:
+def _started_run(instance: DagsterInstance, owner: str, *, start: bool = True) -> str:
     run = instance.create_run_for_job(
         job_def=_job(), tags={LAUNCHED_BY: "genoflow run", OWNER: owner}
     )
+    if not start:
+        return run.run_id
     instance.handle_run_event(run.run_id, _start_event(run))
     assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.STARTED
     return run.run_id
@@ -52,12 +54,15 @@ def test_a_run_whose_owner_died_is_failed_and_the_others_are_left_alone() -> Non
         dead = _started_run(instance, f"{host}:{_dead_pid()}")
         alive = _started_run(instance, owner_id())
         foreign = _started_run(instance, "another-host.example:1")
+        never_started = _started_run(instance, f"{host}:{_dead_pid()}", start=False)
 
-        assert fail_abandoned_runs(instance) == [dead]
+        assert sorted(fail_abandoned_runs(instance)) == sorted([dead, never_started])
 
-        statuses = {r: instance.get_run_by_id(r).status for r in (dead, alive, foreign)}
+        runs = (dead, alive, foreign, never_started)
+        statuses = {r: instance.get_run_by_id(r).status for r in runs}
         assert statuses == {
             dead: DagsterRunStatus.FAILURE,
+            never_started: DagsterRunStatus.FAILURE,
             alive: DagsterRunStatus.STARTED,
             foreign: DagsterRunStatus.STARTED,
         }
