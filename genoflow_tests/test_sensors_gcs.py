@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
 
-from genoflow.errors import ManifestError
+from genoflow.config import Settings
+from genoflow.errors import ManifestError, SourceError
 from genoflow.jobs import family_job
-from genoflow.pipeline import CHAINS
+from genoflow.pipeline import CHAINS, build_source
 from genoflow.resources import GenoflowResource
 from genoflow.sensors import manifest_sensor
+from genoflow.storage.cache import Cache
 from genoflow.storage.gcs import make_filesystem
 from genoflow.storage.registry import Registry
 from genoflow.watch import manifest_location
@@ -151,3 +153,20 @@ def test_other_uris_are_refused_with_what_to_do(tmp_path) -> None:
         manifest_location({"GENOFLOW_MANIFESTS": "s3://bucket/manifests"})
     with pytest.raises(ManifestError, match="gs://"):
         GcsManifests("gs://Not_A_Bucket/x", copies=tmp_path)
+
+
+def test_a_bucket_manifest_cannot_make_genoflow_read_local_files(
+    instance, prefix, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.delenv("GENOFLOW_ALLOWED_ROOTS", raising=False)
+    secret = Path("/etc/passwd").read_bytes()
+    _put(f"{prefix}/a.tsv", (HEADER + _row("passwd.csv", "/etc/passwd", secret)).encode())
+    home = tmp_path / "home"
+    _tick(instance, home, None)
+    (row,) = Registry(home / "registry.db").rows()
+    settings = Settings.from_env({"GENOFLOW_HOME": str(home)})
+
+    with pytest.raises(SourceError, match="outside") as raised:
+        build_source(Cache(settings.cache_root), [row], md5=row.md5, settings=settings)
+    assert str(raised.value).startswith("[stage] /etc/passwd: resolves outside the allowed roots")
+    assert not list((home / "cache").rglob("staged*"))
