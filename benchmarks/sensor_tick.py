@@ -29,10 +29,10 @@ from genoflow.resources import GenoflowResource
 from genoflow.sensors import SENSOR_NAME
 
 
-def write_manifest(folder: Path, rows: int) -> Path:
-    """A TSV of ``rows`` BED sources; the files need not exist for a sensor tick."""
+def write_manifest(folder: Path, rows: int, *, start: int = 0) -> Path:
+    """A TSV of ``rows`` BED sources (numbered from ``start``); the files need not exist."""
     lines = ["name\turi\tmd5\tformat\tsize\tsample\n"]
-    for i in range(rows):
+    for i in range(start, rows):
         md5 = hashlib.md5(f"source {i}".encode()).hexdigest()
         lines.append(f"peaks_{i:06d}.bed\tdata/peaks_{i:06d}.bed\t{md5}\tbed\t{1000 + i}\tS{i}\n")
     path = folder / f"manifest_{rows}.tsv"
@@ -43,7 +43,8 @@ def write_manifest(folder: Path, rows: int) -> Path:
 
 
 def measure(rows: int) -> dict[str, float]:
-    """Ticks over one manifest of ``rows`` new md5s until nothing is left to request."""
+    """Ticks over one manifest of ``rows`` new md5s until nothing is left to request, then one
+    tick after 10 rows were added to it (the whole manifest is read again)."""
     repository = defs.get_repository_def()
     sensor = repository.get_sensor_def(SENSOR_NAME)
     ticks: list[float] = []
@@ -80,13 +81,28 @@ def measure(rows: int) -> dict[str, float]:
                 if not data.run_requests:
                     break
                 requested += len(data.run_requests)
-    assert requested == rows, f"{requested} of {rows} md5s requested"
+            assert requested == rows, f"{requested} of {rows} md5s requested"
+            grown = write_manifest(root / "manifests", rows + 10)
+            grown.replace(root / "manifests" / f"manifest_{rows}.tsv")
+            context = build_sensor_context(
+                instance_ref=instance.get_ref(),
+                cursor=cursor,
+                resources=resources,
+                repository_def=repository,
+            )
+            started = time.perf_counter()
+            data = sensor.evaluate_tick(context)
+            changed = time.perf_counter() - started
+            assert len(data.run_requests) == 10, len(data.run_requests)
+            cursor_bytes = len(data.cursor or "")
     return {
         "first": ticks[0] + serialized[0],
         "slowest": max(t + s for t, s in zip(ticks, serialized, strict=True)),
         "ticks": len(ticks) - 1,
         "payload_mb": payload / 1e6,
         "unchanged": ticks[-1],
+        "changed": changed,
+        "cursor": cursor_bytes,
     }
 
 
@@ -98,14 +114,15 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     lines = [
         "| manifest rows | ticks with requests | first tick s | slowest tick s "
-        "| largest result MB | unchanged tick s |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| largest result MB | unchanged tick s | 10 rows added: tick s | cursor bytes |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for rows in (int(value) for value in args.rows.split(",")):
         m = measure(rows)
         lines.append(
             f"| {rows:,} | {m['ticks']} | {m['first']:.2f} | {m['slowest']:.2f} "
-            f"| {m['payload_mb']:.1f} | {m['unchanged']:.3f} |"
+            f"| {m['payload_mb']:.1f} | {m['unchanged']:.3f} | {m['changed']:.2f} "
+            f"| {m['cursor']} |"
         )
         print(lines[-1], flush=True)
     if args.output:
