@@ -72,7 +72,7 @@ def engine(request, monkeypatch) -> str:
 
 @pytest.fixture(params=["by line", "by chunk"])
 def validation(request, monkeypatch) -> str:
-    """Validate records line by line (small files), or a chunk at a time with pandas."""
+    """Validate records line by line (small files), or a chunk at a time with numpy."""
     if request.param == "by chunk":
         monkeypatch.setattr(chunks, "VECTORISE_ABOVE", 0)
         monkeypatch.setattr(chunks, "MIN_FRAME", 0)
@@ -741,6 +741,48 @@ def test_chunk_validation_flags_lines_that_are_not_plain_records(monkeypatch, li
     with pytest.raises(Irregular) as info:
         validate("bed", data, vectorised=True)
     assert info.value.lineno == 2
+
+
+def outcome(fmt: str, data: bytes, *, vectorised: bool) -> object:
+    """What validating ``data`` gives: counts, or the error's message, or the irregular line."""
+    try:
+        return validate(fmt, data, vectorised=vectorised)
+    except ProcessingError as exc:
+        return str(exc)
+    except Irregular as exc:
+        return ("irregular", exc.lineno)
+
+
+MUTATIONS = [
+    b"", b"0", b"007", b"+5", b" 5", b"5 ", b"-3", b"1e3", b"5.0", b"nan", b"\xe9",
+    b"123456789012345678", b"1234567890123456789", b"99999999999999999999", b"chr\x01",
+    b"track", b"browser", b"#x", b"chr1 x", b"a\tb", b"\t",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["bed", "narrowPeak", "gff3", "vcf"])
+def test_chunk_validation_agrees_with_line_validation_on_damaged_records(monkeypatch, fmt):
+    monkeypatch.setattr(chunks, "MIN_FRAME", 0)
+    rng = random.Random(fmt)
+    make = {
+        "bed": lambda: bed_lines(rng, 40),
+        "narrowPeak": lambda: bed_lines(rng, 40, extra=10),
+        "gff3": lambda: gff_lines(rng, 40, gtf=False),
+        "vcf": lambda: vcf_lines(rng, 8),
+    }[fmt]
+    for _ in range(300):
+        lines = make()
+        for _ in range(rng.randrange(3)):
+            row = rng.randrange(len(lines))
+            fields = lines[row].split(b"\t")
+            column = rng.randrange(min(len(fields), 9))
+            fields[column] = rng.choice(MUTATIONS)
+            lines[row] = b"\t".join(fields[: rng.choice([len(fields)] * 5 + [2, 3, 8])])
+        data = text(b"", lines)
+        if rng.random() < 0.2:
+            data = data[:-1]  # a file's last line may lack its newline
+        expected = outcome(fmt, data, vectorised=False)
+        assert outcome(fmt, data, vectorised=True) == expected, data
 
 
 # ---------------------------------------------------------------- contig block order

@@ -6,21 +6,20 @@ the same first bad line; it raises :class:`Irregular` at the first line that is 
 record (a header, comment, blank or CRLF line), which is not an error but something a caller
 streaming records straight into ``sort`` cannot place.
 
-Large chunks are parsed by pandas' C tokenizer. It reads numbers leniently (``" 5"``, ``"+5"``,
-``"5.0"``, ``"1e3"``), so the chunk is first put through a byte permutation that turns every
-character such leniency relies on into a byte no number parser accepts, and chunks that already
-hold one of those bytes are left to the line-by-line path. Whenever pandas cannot vouch for a
-chunk, the chunk is validated line by line, which also finds the error and its line number.
+Large chunks are checked with numpy over the chunk's bytes: the positions of its newlines and
+tabs give every line's columns, the position columns are read digit by digit (only ASCII digits,
+at most 18 of them, so no value can pass 2^63-1), and contig names are compared as fixed-width
+byte strings. Whenever that check cannot vouch for a chunk — a CR or NUL byte, a line with too
+few columns, a position that is empty, too long or not all digits, a start or end out of range, a
+contig name that is new and invalid — the chunk is validated line by line, which also finds the
+error and its line number.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
@@ -39,17 +38,22 @@ __all__ = [
 ]
 
 CHUNK = 4 << 20
-VECTORISE_ABOVE = 16 << 20
-"""Data regions smaller than this are validated line by line: importing pandas costs more."""
+VECTORISE_ABOVE = 1 << 20
+"""Data regions smaller than this are validated line by line: numpy's set-up costs more."""
 MIN_FRAME = CHUNK // 4
 """Chunks smaller than this (a file's last) are validated line by line."""
 
-_LENIENT = b" +-.eE\x0b\x0c\r"
-_STAND_INS = bytes(range(0x80, 0x80 + len(_LENIENT)))
-_SWAP = bytes.maketrans(_LENIENT + _STAND_INS, _STAND_INS + _LENIENT)
 _END_LINE = re.compile(rb"[^\n]*END=[^\n]*")
-# Bytes that make a chunk the line-by-line path's: CR, NUL, and the permutation's stand-ins.
-_UNTRUSTED = [b"\r", b"\x00", *(bytes([b]) for b in _STAND_INS)]
+# Bytes that make a chunk the line-by-line path's: CR (a CRLF line) and NUL (fixed-width
+# contig names would lose a trailing one).
+_UNTRUSTED = (b"\r", b"\x00")
+_MAX_DIGITS = 18
+"""Longest position read by numpy: 18 digits stay below 2^63-1; longer ones go line by line."""
+_MAX_CONTIG = 256
+"""Longest contig name compared by numpy; longer ones go line by line."""
+_FNV_PRIME = np.uint64(0x100000001B3)
+_WORD_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)
+"""``_WORD_MASKS[n]`` keeps the low ``n`` bytes of a little-endian word."""
 
 
 class Irregular(Exception):
@@ -86,7 +90,7 @@ class ChunkValidator:
     Args:
         reader: the file's reader, already past its header lines (it holds the VCF contig
             order and ``#CHROM`` state, and learns each record contig as it is validated).
-        vectorised: whether to try pandas on large chunks.
+        vectorised: whether to try numpy on large chunks.
         order: when given, every record must also keep sorted order (:class:`OutOfOrder`).
     """
 
@@ -98,7 +102,6 @@ class ChunkValidator:
         self.max_end = 0
         self._vectorised = vectorised
         self._order = order
-        self._columns = _columns(reader.spec)
 
     def feed(self, chunk: bytes, first: int, lines: int) -> None:
         """Validate ``chunk`` (whole lines; only the file's last may lack its newline).
@@ -140,68 +143,100 @@ class ChunkValidator:
         self.max_end = max_end
 
     def _try_frame(self, chunk: bytes, first: int, rows: int) -> bool:
-        """Validate the chunk with pandas; False when it cannot vouch for every line.
-
-        A blank line, or a header line, reaches pandas as a row whose numbers do not parse or
-        whose "contig" is a header line's start; a CR is looked for, as it would hide in a
-        column pandas does not read.
-        """
+        """Validate the chunk with numpy; False when it cannot vouch for every line."""
         if any(byte in chunk for byte in _UNTRUSTED):
             return False
-        try:
-            frame = _parse(chunk.translate(_SWAP), self._columns)
-        except (ValueError, OverflowError, TypeError):
+        spec = self.reader.spec
+        data = np.frombuffer(chunk, dtype=np.uint8)
+        ends = np.flatnonzero(data == 0x0A)
+        if not chunk.endswith(b"\n"):
+            ends = np.append(ends, len(chunk))
+        if len(ends) != rows or rows == 0:
             return False
-        names = self._contigs_valid(frame[0], first) if len(frame) == rows else None
+        begins = np.empty_like(ends)
+        begins[0], begins[1:] = 0, ends[:-1] + 1
+        # Blank lines and header or comment lines are the line-by-line path's to report.
+        if (ends == begins).any() or (data[begins] == 0x23).any():
+            return False
+        tabs = np.flatnonzero(data == 0x09)
+        first_tab = np.searchsorted(tabs, begins)
+        if ((np.searchsorted(tabs, ends) - first_tab) < spec.min_columns - 1).any():
+            return False
+        # Every line has at least min_columns - 1 tabs: column j < min_columns - 1 ends at the
+        # line's tab number j, and the last required column at its next tab or the line's end.
+        tab_ends = np.append(tabs, len(chunk))
+
+        def column(j: int) -> tuple[np.ndarray, np.ndarray]:
+            start = begins if j == 0 else tabs[first_tab + j - 1] + 1
+            stop = np.minimum(tab_ends[first_tab + j], ends)
+            return start, stop
+
+        names, codes = self._contigs(data, *column(0), first)
         if names is None:
             return False
-        spec = self.reader.spec
-        starts = frame[spec.start_col].to_numpy()
-        if starts.min() < spec.min_start:
+        starts = _integers(data, *column(spec.start_col))
+        if starts is None or starts.min() < spec.min_start:
             return False
         if spec.end_col is not None:
-            ends = frame[spec.end_col].to_numpy()
-            if (ends < starts).any():
+            stops = _integers(data, *column(spec.end_col))
+            if stops is None or (stops < starts).any():
                 return False
-            end = int(ends.max())
+            end = int(stops.max())
         else:
-            end = self._vcf_max_end(chunk, starts, frame[3])
-        last = spec.min_columns - 1
-        if last not in (spec.start_col, spec.end_col) and "" in frame[last].cat.categories:
-            return False
-        codes = frame[0].cat.codes.to_numpy()
+            ref_start, ref_stop = column(3)
+            end = self._vcf_max_end(chunk, starts, ref_stop - ref_start)
         if self._order is not None and not self._order.add_block(codes, names, starts):
             return False
         self.records += rows
         self.max_end = max(self.max_end, end)
         return True
 
-    def _contigs_valid(self, column: Any, first: int) -> list[bytes] | None:
-        """Check each contig new to the reader once, at the line that first names it.
+    def _contigs(
+        self, data: np.ndarray, start: np.ndarray, stop: np.ndarray, first: int
+    ) -> tuple[list[bytes] | None, np.ndarray]:
+        """The chunk's contig names and each line's code into them; None when one is not valid.
 
-        Returns:
-            The column's categories as contig names, or None when one is not valid.
+        Each name is read as little-endian 8-byte words, zero past its end (the chunk holds no
+        NUL, so the words and the width identify the name); names longer than one word are
+        grouped by a hash of their words and then compared word by word with their group's
+        representative, so a hash collision only costs the fast path. Each contig new to the
+        reader is checked once before the chunk is accepted.
         """
-        names = [c.encode("latin-1").translate(_SWAP) for c in column.cat.categories]
-        if any(not name or self.reader.is_header(name) for name in names):
-            return None
+        widths = stop - start
+        width = int(widths.max())
+        if widths.min() < 1 or width > _MAX_CONTIG:
+            return None, widths
+        windows = np.lib.stride_tricks.sliding_window_view(
+            np.concatenate((data, np.zeros(_MAX_CONTIG + 8, np.uint8))), 8
+        )
+        words = []
+        for offset in range(0, width, 8):
+            word = np.ascontiguousarray(windows[start + offset]).view("<u8").ravel()
+            keep = np.clip(widths - offset, 0, 8)
+            words.append(word & _WORD_MASKS[keep])
+        keys = words[0] if len(words) == 1 else _hash_words(words, widths)
+        unique = np.unique(keys)
+        codes = np.searchsorted(unique, keys)
+        rows = np.empty(len(unique), dtype=np.int64)
+        rows[codes] = np.arange(len(codes))  # any line of each group represents it
+        if len(words) > 1:
+            heads = rows[codes]
+            if (widths[heads] != widths).any() or any((w[heads] != w).any() for w in words):
+                return None, codes
+        names = [bytes(data[start[row] : stop[row]]) for row in rows.tolist()]
+        if any(self.reader.is_header(name) for name in names):
+            return None, codes
         new = [i for i, contig in enumerate(names) if contig not in self.reader.seen_contigs]
-        if not new:
-            return names
-        codes = column.cat.codes.to_numpy()
-        found, rows = np.unique(codes, return_index=True)
-        row_of = dict(zip(found.tolist(), rows.tolist(), strict=True))
         try:
-            for i in sorted(new, key=row_of.__getitem__):
-                self.reader.check_contig(first + row_of[i], names[i])
+            for i in new:
+                self.reader.check_contig(first + int(rows[i]), names[i])
         except ProcessingError:
-            return None
-        return names
+            return None, codes
+        return names, codes
 
-    def _vcf_max_end(self, chunk: bytes, starts: np.ndarray, ref: Any) -> int:
+    def _vcf_max_end(self, chunk: bytes, starts: np.ndarray, ref_lengths: np.ndarray) -> int:
         """VCF ends come from REF's length, or from INFO ``END=`` on the lines that carry it."""
-        lengths = np.array([len(r) for r in ref.cat.categories], dtype=np.int64)
-        end = int((starts - 1 + lengths[ref.cat.codes.to_numpy()]).max())
+        end = int((starts - 1 + ref_lengths).max())
         if b"END=" in chunk:
             for match in _END_LINE.finditer(chunk):
                 fields = match.group().split(b"\t", 8)
@@ -209,43 +244,38 @@ class ChunkValidator:
         return end
 
 
+def _hash_words(words: list[np.ndarray], widths: np.ndarray) -> np.ndarray:
+    """One 64-bit FNV-style hash per name, from its width and its words."""
+    hashes = widths.astype(np.uint64)
+    for word in words:
+        hashes = (hashes * _FNV_PRIME) ^ word
+    return hashes
+
+
+def _integers(data: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray | None:
+    """The unsigned decimal integers at ``data[start:stop]``, or None when one is not one.
+
+    Only 1 to :data:`_MAX_DIGITS` ASCII digits are accepted (leading zeros included), exactly
+    what ``bytes.isdigit`` accepts below 2^63 for such short fields.
+    """
+    widths = stop - start
+    width = int(widths.max())
+    if widths.min() < 1 or width > _MAX_DIGITS:
+        return None
+    values = np.zeros(len(start), dtype=np.int64)
+    last = len(data) - 1
+    for k in range(width):
+        inside = k < widths
+        digit = data[np.minimum(start + k, last)] - np.uint8(0x30)  # wraps below "0"
+        if (inside & (digit > 9)).any():
+            return None
+        values = np.where(inside, values * 10 + digit, values)
+    return values
+
+
 def worth_vectorising(size: int) -> bool:
-    """Whether ``size`` bytes of records are worth pandas' start-up cost."""
+    """Whether ``size`` bytes of records are worth numpy's set-up cost."""
     return size >= VECTORISE_ABOVE
-
-
-def _columns(spec: Any) -> dict[int, str]:
-    """The columns pandas reads, and how: contig, positions, REF and the last required one."""
-    columns = {0: "category", spec.start_col: "int64"}
-    if spec.end_col is not None:
-        columns[spec.end_col] = "int64"
-    else:
-        columns[3] = "category"
-    columns.setdefault(spec.min_columns - 1, "category")
-    return dict(sorted(columns.items()))
-
-
-def _parse(data: bytes, columns: dict[int, str]) -> Any:
-    import pandas as pd
-
-    # A value such as "nan" that cannot become an integer raises ValueError (and the chunk goes
-    # line by line); numpy's accompanying "invalid value in cast" warning says nothing more.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return pd.read_csv(
-            io.BytesIO(data),
-            sep="\t",
-            header=None,
-            usecols=list(columns),
-            dtype=columns,
-            engine="c",
-            quoting=csv.QUOTE_NONE,
-            na_filter=False,
-            encoding="latin-1",
-            lineterminator="\n",
-            skip_blank_lines=False,
-            low_memory=False,
-        )
 
 
 def scan_header(
