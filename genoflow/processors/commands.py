@@ -143,12 +143,18 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def pump(source: IO[bytes], sink: Callable[[bytes], None], *, chunk: int = _PIPE_SIZE) -> int:
-    """Copy a pipe to ``sink`` a chunk at a time; return the newlines seen (records copied)."""
+def pump(
+    source: IO[bytes], sink: Callable[[bytes], None], *, chunk: int = _PIPE_SIZE, count: bool = True
+) -> int:
+    """Copy a pipe to ``sink`` a chunk at a time; return the newlines seen (records copied).
+
+    With ``count=False`` (the sink counts for itself) the newlines are not counted: 0.
+    """
     fd = source.fileno()
     lines = 0
     while data := os.read(fd, chunk):
-        lines += data.count(b"\n")
+        if count:
+            lines += data.count(b"\n")
         sink(data)
     return lines
 

@@ -17,8 +17,10 @@ output) are put in header order as they stream by (:mod:`~genoflow.processors.re
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from subprocess import PIPE
+from typing import BinaryIO
 
 from genoflow.errors import ProcessingError
 from genoflow.processors.chunks import (
@@ -28,7 +30,7 @@ from genoflow.processors.chunks import (
     scan_header,
     worth_vectorising,
 )
-from genoflow.processors.commands import Child, pump
+from genoflow.processors.commands import Child, pump, write_all
 from genoflow.processors.records import HeaderSpill, RecordReader
 from genoflow.processors.reorder import BlockReorder
 from genoflow.processors.sortjob import SortJob, SortStats
@@ -64,18 +66,19 @@ def sort_direct(job: SortJob, plain: Path) -> SortStats | None:
         stats = SortStats("direct", header_lines=lineno - 1, line_skip=header.line_skip)
         start = reader.spec.start_col + 1
         keys = ["-t", "\t", "-k1,1", f"-k{start},{start}n"]
+        chunks = read_chunks(handle, prefix=raw, first=lineno, name=job.name, stage="parse")
         with open(plain, "rb") as records:
             records.seek(offset)
-            with job.gnu_sort(keys, stdin=records, stdout=PIPE) as sorter:
-                try:
-                    for chunk, number, lines in read_chunks(
-                        handle, prefix=raw, first=lineno, name=job.name, stage="parse"
-                    ):
-                        validator.feed(chunk, number, lines)
-                except Irregular:
+            if job.tools.cli and _byte_ordered(reader):
+                if not _sort_into_bgzip(job, header, records, keys, validator, chunks):
                     return None
-                written = _write(job, header, sorter, _block_order(reader))
-    if written != validator.records:
+                written = None  # sort_intervals checks the count in the index it builds
+            else:
+                with job.gnu_sort(keys, stdin=records, stdout=PIPE) as sorter:
+                    if not _validate(validator, chunks):
+                        return None
+                    written = _write(job, header, sorter, _block_order(reader))
+    if written is not None and written != validator.records:
         raise ProcessingError(
             f"sort wrote {written} records for {validator.records} read",
             file=job.name,
@@ -83,6 +86,74 @@ def sort_direct(job: SortJob, plain: Path) -> SortStats | None:
         )
     stats.records, stats.max_end = validator.records, validator.max_end
     return stats
+
+
+def _validate(validator: ChunkValidator, chunks: Iterator[tuple[bytes, int, int]]) -> bool:
+    """Feed every chunk to the validator; False at the first irregular line."""
+    try:
+        for chunk, number, lines in chunks:
+            validator.feed(chunk, number, lines)
+    except Irregular:
+        return False
+    return True
+
+
+def _byte_ordered(reader: RecordReader) -> bool:
+    """Whether sort's byte order of contigs is the output's whatever contigs the records name."""
+    order = sorted(reader.contigs, key=reader.contigs.__getitem__)
+    return order == sorted(order)
+
+
+def _sort_into_bgzip(
+    job: SortJob,
+    header: HeaderSpill,
+    records: BinaryIO,
+    keys: list[str],
+    validator: ChunkValidator,
+    chunks: Iterator[tuple[bytes, int, int]],
+) -> bool:
+    """Header, then GNU sort's output straight into ``bgzip`` (no copy through Python).
+
+    ``bgzip`` starts first and gets the header lines on its stdin; only then does sort start,
+    writing into the same pipe, so the header's bytes come first. ``bgzip`` cuts blocks by
+    input size alone, so the bytes equal those of the copying path. Returns False (with
+    ``job.out`` removed) at the first irregular line.
+    """
+    argv = [job.tools.paths["bgzip"], "-@", str(job.threads), "-c"]
+    common = {"name": job.name, "stage": "sort", "scratch": job.scratch}
+    try:
+        with (
+            open(job.out, "wb") as file,
+            Child(argv, what="bgzip", stdin=PIPE, stdout=file, **common) as zipper,
+        ):
+            header.write_to(_PipeWriter(zipper))
+            with job.gnu_sort(keys, stdin=records, stdout=zipper.stdin) as sorter:
+                zipper.stdin.close()  # sort holds the pipe now: bgzip ends when sort does
+                if not _validate(validator, chunks):
+                    job.out.unlink(missing_ok=True)
+                    return False
+                sorted_ok = sorter.proc.wait() == 0
+                if not sorted_ok and zipper.failed():
+                    raise zipper.failure()  # bgzip died first: its reason explains sort's
+                sorter.finish()
+            zipper.finish()
+    except BaseException:
+        job.out.unlink(missing_ok=True)
+        raise
+    return True
+
+
+class _PipeWriter:
+    """Writes header lines to a tool's stdin; a tool that died reports its own failure."""
+
+    def __init__(self, child: Child) -> None:
+        self._child = child
+
+    def write(self, data: bytes) -> None:
+        try:
+            write_all(self._child.stdin.fileno(), data)
+        except BrokenPipeError as exc:
+            raise self._child.failure() from exc
 
 
 def _header_line(reader: RecordReader, header: HeaderSpill, lineno: int, line: bytes) -> None:
@@ -110,7 +181,7 @@ def _write(job: SortJob, header: HeaderSpill, sorter: Child, order: list[bytes] 
             with tempfile.TemporaryFile(dir=job.scratch) as spill:
                 blocks = BlockReorder(order, sink, spill)
                 try:
-                    pump(sorter.stdout, blocks.write)
+                    pump(sorter.stdout, blocks.write, count=False)
                     blocks.close()
                 except ValueError as exc:
                     sorter.finish()  # a sort that failed explains the garbled output best

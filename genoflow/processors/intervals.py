@@ -23,6 +23,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
+from genoflow.errors import ProcessingError
 from genoflow.processors import engine
 from genoflow.processors.base import Result
 from genoflow.processors.bgzf import compression_of, decompress_to
@@ -34,6 +35,7 @@ from genoflow.processors.streamed import sort_streamed
 from genoflow.processors.tabix import (
     CSI_THRESHOLD,
     check_sorted,
+    index_facts,
     index_intervals,
     query_index,
     write_index,
@@ -115,6 +117,7 @@ def sort_intervals(
                 out, reader.spec, line_skip=stats.line_skip, csi=csi, tools=tools,
                 name=name, stage="sort", scratch=scratch,
             )  # fmt: skip
+            _check_index(indexes[csi], stats, name=name)
         except BaseException:
             for path in (out, *indexes):
                 path.unlink(missing_ok=True)
@@ -145,6 +148,23 @@ def _sort(job: SortJob, src: Path, fmt: str) -> tuple[SortStats, RecordReader, s
     job = dataclasses.replace(job, reader=RecordReader(fmt, name=job.name))
     source = LineSource(plain, name=job.name, stage="decompress")
     return sort_streamed(job, source), job.reader, compression
+
+
+def _check_index(index: Path, stats: SortStats, *, name: str) -> None:
+    """The index must hold every record read, past the same header lines.
+
+    This is what proves that nothing was lost between the records validated and the file
+    written when sort's output went straight into ``bgzip``.
+    """
+    line_skip, records = index_facts(index, name=name, stage="sort")
+    if (line_skip, records) != (stats.line_skip, stats.records):
+        raise ProcessingError(
+            f"the index holds {records} records past {line_skip} header lines; "
+            f"{stats.records} records were read past {stats.line_skip}",
+            file=name,
+            stage="sort",
+            hint="check free space in the work folder and sort again",
+        )
 
 
 def _summary(stats: SortStats, reader: RecordReader, *, csi: bool, compression: str) -> dict:

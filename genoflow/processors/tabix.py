@@ -10,9 +10,12 @@ data file.
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,7 +26,6 @@ from genoflow.processors import engine
 from genoflow.processors.base import Result, link_or_copy, require_output
 from genoflow.processors.bgzf import read_decompressed, require_eof
 from genoflow.processors.chunks import (
-    CHUNK,
     ChunkValidator,
     Irregular,
     read_chunks,
@@ -35,7 +37,14 @@ from genoflow.processors.engine import Tools
 from genoflow.processors.interval_checks import check_sorted, query_index
 from genoflow.processors.records import FormatSpec, LineSource, RecordReader, is_bgzf
 
-__all__ = ["CSI_THRESHOLD", "check_sorted", "index_intervals", "query_index", "write_index"]
+__all__ = [
+    "CSI_THRESHOLD",
+    "check_sorted",
+    "index_facts",
+    "index_intervals",
+    "query_index",
+    "write_index",
+]
 
 CSI_THRESHOLD = 1 << 29
 """TBI cannot hold a position at or beyond 2^29: such files get a CSI index."""
@@ -50,10 +59,11 @@ def index_intervals(
     """Copy (or hard-link) a sorted BGZF file into ``out_dir`` with its tabix index.
 
     When ``gz`` has an index beside it (as :func:`sort_intervals` writes) that is at least as new
-    as ``gz``, that index is adopted: linked or copied, after one decompressing pass that counts
-    the records. Otherwise every record is read and validated, the kind (TBI, or CSI when a
-    record ends at or beyond 2^29) and the number of leading non-``#`` header lines to skip
-    (BED ``track``/``browser``) are derived from the file, and the index is built.
+    as ``gz``, that index is adopted: linked or copied, with the record count and the lines to
+    skip read from the index itself (:func:`index_facts`), which ``sort_intervals`` checked
+    against the records it wrote. Otherwise every record is read and validated, the kind (TBI,
+    or CSI when a record ends at or beyond 2^29) and the number of leading non-``#`` header
+    lines to skip (BED ``track``/``browser``) are derived from the file, and the index is built.
 
     Args:
         gz: a BGZF file written by :func:`sort_intervals`.
@@ -81,7 +91,7 @@ def index_intervals(
     try:
         _require_bgzf(gz, reader)
         built = _fresh_index(gz)
-        counted = _count(gz, reader, **options) if built else None
+        counted = index_facts(built, name=name, stage="index") if built else None
         if built is not None and counted is not None:
             (line_skip, records), messages = counted, ""
             index = link_or_copy(built, out_dir / built.name)
@@ -157,31 +167,64 @@ def _fresh_index(gz: Path) -> Path | None:
     return found[0]
 
 
-def _count(
-    gz: Path, reader: RecordReader, *, tools: Tools, threads: int, scratch: Path
-) -> tuple[int, int] | None:
-    """Return (line_skip, records) in one decompressing pass, or None for an irregular file."""
-    skip = [0]
+def index_facts(index: Path, *, name: str, stage: str) -> tuple[int, int]:
+    """(lines to skip, records) that a tabix index (``.tbi`` or ``.csi``) says it holds.
 
-    def header_line(lineno: int, line: bytes) -> None:
-        if line[:1] != b"#":
-            skip[0] = lineno
+    htslib stores, for every contig, a pseudo-bin whose second chunk is the number of records
+    the indexer read (``n_mapped``; tabix counts every record as mapped), and the tabix
+    configuration, whose ``skip`` is the number of leading lines the indexer skipped.
 
-    common = {"threads": threads, "name": reader.name, "stage": "index", "scratch": scratch}
-    with read_decompressed(gz, tools, **common) as handle:
-        try:
-            first = scan_header(handle, reader, header_line)
-        except Irregular:
-            return None
-        records = 0
-        if first is not None:
-            last = first[0]
-            records = last.count(b"\n")
-            while block := handle.read(CHUNK):
-                records += block.count(b"\n")
-                last = block
-            records += not last.endswith(b"\n")
-    return skip[0], records
+    Raises:
+        ProcessingError: the index cannot be read or is not a tabix index.
+    """
+    try:
+        with gzip.open(index, "rb") as handle:
+            data = handle.read()
+        return _parse_index(data)
+    except (OSError, EOFError, zlib.error, struct.error, ValueError) as exc:
+        raise ProcessingError(
+            f"cannot read the index {index.name}: {exc}",
+            file=name,
+            stage=stage,
+            hint="remove the index so that it is rebuilt",
+        ) from exc
+
+
+def _parse_index(data: bytes) -> tuple[int, int]:
+    if data[:4] == b"TBI\x01":
+        conf, depth = 8, 5
+        n_ref = struct.unpack_from("<i", data, 4)[0]
+        offset, loffset = 36 + struct.unpack_from("<i", data, 32)[0], 0
+    elif data[:4] == b"CSI\x01":
+        depth, l_aux = struct.unpack_from("<ii", data, 8)
+        conf, loffset = 16, 8
+        if l_aux < 28:
+            raise ValueError("a CSI index without a tabix configuration")
+        n_ref = struct.unpack_from("<i", data, 16 + l_aux)[0]
+        offset = 20 + l_aux
+    else:
+        raise ValueError("not a TBI or CSI index")
+    line_skip = struct.unpack_from("<i", data, conf + 20)[0]
+    meta_bin = ((1 << (3 * (depth + 1))) - 1) // 7 + 1
+    records = 0
+    for _ in range(n_ref):
+        (n_bin,) = struct.unpack_from("<i", data, offset)
+        offset += 4
+        for _ in range(n_bin):
+            (bin_,) = struct.unpack_from("<I", data, offset)
+            (n_chunk,) = struct.unpack_from("<i", data, offset + 4 + loffset)
+            offset += 8 + loffset
+            if bin_ == meta_bin:
+                if n_chunk != 2:
+                    raise ValueError("a malformed pseudo-bin")
+                records += struct.unpack_from("<Q", data, offset + 16)[0]
+            offset += 16 * n_chunk
+        if conf == 8:  # TBI: the linear index follows each contig's bins
+            (n_intv,) = struct.unpack_from("<i", data, offset)
+            offset += 4 + 8 * n_intv
+    if offset > len(data):
+        raise ValueError("the index is truncated")
+    return line_skip, records
 
 
 def _scan(
