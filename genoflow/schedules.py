@@ -25,6 +25,10 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 from genoflow.backfill import Pending, plan
 from genoflow.sensors import chain_version
 
+# One answer of 10,000 run requests is ~7 MB and ~1 s; 100,000 would be ~66 MB, near the
+# 100 MB that Dagster's gRPC allows a code server's answer.
+MAX_PER_TICK = 10_000
+
 
 def schedule_name(family: str) -> str:
     return f"{family}_backfill"
@@ -55,14 +59,23 @@ def backfill_schedule(
     return _backfill
 
 
-def requests(context: ScheduleEvaluationContext, family: str) -> list[RunRequest] | SkipReason:
-    """The run requests of one backfill tick for ``family``."""
+def requests(
+    context: ScheduleEvaluationContext, family: str, *, limit: int = MAX_PER_TICK
+) -> list[RunRequest] | SkipReason:
+    """The run requests of one backfill tick for ``family``: at most ``limit`` partitions.
+
+    A larger backlog is worked through on the following ticks: the runs this tick launches
+    count as in progress, so the next tick requests the next ``limit``.
+    """
     pending = plan(context.instance, [family])
     if not pending:
         return SkipReason(f"every {family} partition is up to date or already in progress")
     when = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
     day = when.date().isoformat()
-    context.log.info(f"{family}: {len(pending)} partitions missing or stale")
+    later = len(pending) - limit
+    more = f"; {later} more on the next ticks (or now: genoflow backfill)" if later > 0 else ""
+    context.log.info(f"{family}: {len(pending)} partitions missing or stale{more}")
+    pending = pending[:limit]
     return [
         RunRequest(
             run_key=backfill_run_key(day, item),

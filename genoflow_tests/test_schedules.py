@@ -182,3 +182,28 @@ def test_cli_backfill_dry_run_prints_the_plan_then_a_backfill_builds_it(tmp_path
     assert "source=built" in built.stdout
     after = _genoflow(home, "backfill", "--dry-run")
     assert "nothing to backfill" in after.stdout
+
+
+def test_a_backlog_larger_than_a_tick_is_worked_through_over_several(instance) -> None:
+    from genoflow.partitions import PARTITIONS
+    from genoflow.schedules import requests
+
+    md5s = [f"{i:032x}" for i in range(5)]
+    instance.add_dynamic_partitions(PARTITIONS["intervals"].name, md5s)
+    context = build_schedule_context(
+        instance=instance, scheduled_execution_time=dt.datetime(2026, 11, 23, 2, tzinfo=dt.UTC)
+    )
+    backlog = {item.md5 for item in plan(instance, ["intervals"])}
+    assert set(md5s) <= backlog and 3 < len(backlog) <= 6
+    first = requests(context, "intervals", limit=3)
+    assert len(first) == 3
+    for request in first:  # the daemon launches them: they are in progress on the next tick
+        create_run_for_test(
+            instance,
+            job_name="intervals_chain",
+            status=DagsterRunStatus.STARTED,
+            tags={PARTITION_NAME_TAG: request.partition_key},
+        )
+    second = requests(context, "intervals", limit=3)
+    requested = [r.partition_key for r in [*first, *second]]
+    assert sorted(requested) == sorted(backlog)
