@@ -654,6 +654,28 @@ def test_check_sorted_reports_a_header_line_after_records(tmp_path, validation):
     assert (check.ordered, check.problem) == (False, "line 2: header line after records")
 
 
+@pytest.mark.parametrize("damage", ["none", "split block", "decreasing start"])
+def test_check_sorted_by_many_chunks_agrees_with_the_line_by_line_check(
+    tmp_path, monkeypatch, damage
+):
+    rng = random.Random(damage)
+    contigs = [b"chr1", b"chr2", b"chr10", b"chrUn_KI270302v1", b"chrUn_KI270303v1"]
+    lines = sorted(
+        (b"%s\t%d\t%d" % (c, s, s + 5) for c in contigs for s in rng.sample(range(10**6), 300)),
+        key=lambda line: (line.split(b"\t")[0], int(line.split(b"\t")[1])),
+    )
+    if damage == "split block":
+        lines.append(lines[0])
+    elif damage == "decreasing start":
+        lines[700], lines[701] = lines[701], lines[700]
+    src = write(tmp_path / "x.bed.gz", text(b"", lines), "bgzf")
+    by_line = check_sorted(src, fmt="bed", name="x.bed")
+    for name, value in [("VECTORISE_ABOVE", 0), ("MIN_FRAME", 0), ("CHUNK", 2000)]:
+        monkeypatch.setattr(chunks, name, value)
+    assert check_sorted(src, fmt="bed", name="x.bed") == by_line
+    assert by_line.ordered == (damage == "none")
+
+
 def test_query_index_reads_a_csi_index(tmp_path):
     far = CSI_THRESHOLD + 5
     lines = [f"chr1\t{far}\t{far + 50}".encode(), b"chr1\t10\t20", b"chr2\t1\t2"]
@@ -694,13 +716,20 @@ def test_index_rebuilds_an_index_older_than_its_data(tmp_path, tabix, engine):
 # ---------------------------------------------------------------- chunked validation
 
 
-def validate(fmt: str, data: bytes, *, vectorised: bool) -> tuple[int, int, int]:
+def validate(fmt: str, data: bytes, *, vectorised: bool, pieces: int = 1) -> tuple[int, int, int]:
+    """Validate ``data`` fed as ``pieces`` chunks of whole lines to one validator."""
     reader = RecordReader(fmt, name="x")
     if fmt == "vcf":
         for number, line in enumerate(VCF_HEADER.splitlines(), 1):
             reader.observe_header(number, line)
     validator = ChunkValidator(reader, vectorised=vectorised)
-    validator.feed(data, 1, data.count(b"\n"))
+    lines = data.splitlines(keepends=True)
+    step = -(-len(lines) // pieces)
+    number = 1
+    for begin in range(0, len(lines), step):
+        chunk = b"".join(lines[begin : begin + step])
+        validator.feed(chunk, number, len(lines[begin : begin + step]))
+        number += step
     return validator.records, validator.max_end, len(reader.seen_contigs)
 
 
@@ -743,10 +772,10 @@ def test_chunk_validation_flags_lines_that_are_not_plain_records(monkeypatch, li
     assert info.value.lineno == 2
 
 
-def outcome(fmt: str, data: bytes, *, vectorised: bool) -> object:
+def outcome(fmt: str, data: bytes, *, vectorised: bool, pieces: int = 1) -> object:
     """What validating ``data`` gives: counts, or the error's message, or the irregular line."""
     try:
-        return validate(fmt, data, vectorised=vectorised)
+        return validate(fmt, data, vectorised=vectorised, pieces=pieces)
     except ProcessingError as exc:
         return str(exc)
     except Irregular as exc:
@@ -783,6 +812,8 @@ def test_chunk_validation_agrees_with_line_validation_on_damaged_records(monkeyp
             data = data[:-1]  # a file's last line may lack its newline
         expected = outcome(fmt, data, vectorised=False)
         assert outcome(fmt, data, vectorised=True) == expected, data
+        # Later chunks meet contigs the validator already knows, and some new ones.
+        assert outcome(fmt, data, vectorised=True, pieces=3) == expected, data
 
 
 # ---------------------------------------------------------------- contig block order

@@ -52,6 +52,14 @@ _MAX_DIGITS = 18
 _MAX_CONTIG = 256
 """Longest contig name compared by numpy; longer ones go line by line."""
 _FNV_PRIME = np.uint64(0x100000001B3)
+_FRONT = np.zeros(_MAX_DIGITS, np.uint8)
+_BACK = np.zeros(_MAX_CONTIG + 8, np.uint8)
+_POWERS = [10 ** np.arange(n - 1, -1, -1, dtype=np.int64) for n in range(_MAX_DIGITS + 1)]
+# _RIGHT_ALIGNED[w][n]: which of w columns hold an n-digit field aligned to the right.
+_RIGHT_ALIGNED = [
+    np.arange(w)[None, :] >= (w - np.arange(_MAX_DIGITS + 1))[:, None]
+    for w in range(_MAX_DIGITS + 1)
+]
 _WORD_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)
 """``_WORD_MASKS[n]`` keeps the low ``n`` bytes of a little-endian word."""
 
@@ -102,6 +110,8 @@ class ChunkValidator:
         self.max_end = 0
         self._vectorised = vectorised
         self._order = order
+        # The contigs of the last chunk that needed sorting: (words, widths, keys, names).
+        self._known: tuple[list[np.ndarray], np.ndarray, np.ndarray, list[bytes]] | None = None
 
     def feed(self, chunk: bytes, first: int, lines: int) -> None:
         """Validate ``chunk`` (whole lines; only the file's last may lack its newline).
@@ -160,25 +170,29 @@ class ChunkValidator:
             return False
         tabs = np.flatnonzero(data == 0x09)
         first_tab = np.searchsorted(tabs, begins)
-        if ((np.searchsorted(tabs, ends) - first_tab) < spec.min_columns - 1).any():
+        # A line has min_columns columns when its (min_columns - 1)th tab is before its end.
+        needed = first_tab + (spec.min_columns - 2)
+        if needed[-1] >= len(tabs) or (tabs[needed] >= ends).any():
             return False
-        # Every line has at least min_columns - 1 tabs: column j < min_columns - 1 ends at the
-        # line's tab number j, and the last required column at its next tab or the line's end.
+        # Column j < min_columns - 1 ends at the line's tab number j; the last required column
+        # at its next tab or the line's end.
         tab_ends = np.append(tabs, len(chunk))
+        padded = Padded(data)
 
         def column(j: int) -> tuple[np.ndarray, np.ndarray]:
             start = begins if j == 0 else tabs[first_tab + j - 1] + 1
-            stop = np.minimum(tab_ends[first_tab + j], ends)
-            return start, stop
+            if j < spec.min_columns - 1:
+                return start, tabs[first_tab + j]
+            return start, np.minimum(tab_ends[first_tab + j], ends)
 
-        names, codes = self._contigs(data, *column(0), first)
+        names, codes = self._contigs(padded, *column(0), first)
         if names is None:
             return False
-        starts = _integers(data, *column(spec.start_col))
+        starts = padded.integers(*column(spec.start_col))
         if starts is None or starts.min() < spec.min_start:
             return False
         if spec.end_col is not None:
-            stops = _integers(data, *column(spec.end_col))
+            stops = padded.integers(*column(spec.end_col))
             if stops is None or (stops < starts).any():
                 return False
             end = int(stops.max())
@@ -192,38 +206,46 @@ class ChunkValidator:
         return True
 
     def _contigs(
-        self, data: np.ndarray, start: np.ndarray, stop: np.ndarray, first: int
+        self, padded: Padded, start: np.ndarray, stop: np.ndarray, first: int
     ) -> tuple[list[bytes] | None, np.ndarray]:
         """The chunk's contig names and each line's code into them; None when one is not valid.
 
         Each name is read as little-endian 8-byte words, zero past its end (the chunk holds no
         NUL, so the words and the width identify the name); names longer than one word are
-        grouped by a hash of their words and then compared word by word with their group's
-        representative, so a hash collision only costs the fast path. Each contig new to the
+        keyed by a hash of their words, and every line's words are then compared with those of
+        its key's first line, so a hash collision only costs the fast path. Keys already
+        validated in an earlier chunk are looked up, not sorted again. Each contig new to the
         reader is checked once before the chunk is accepted.
         """
         widths = stop - start
         width = int(widths.max())
         if widths.min() < 1 or width > _MAX_CONTIG:
             return None, widths
-        windows = np.lib.stride_tricks.sliding_window_view(
-            np.concatenate((data, np.zeros(_MAX_CONTIG + 8, np.uint8))), 8
-        )
-        words = []
-        for offset in range(0, width, 8):
-            word = np.ascontiguousarray(windows[start + offset]).view("<u8").ravel()
-            keep = np.clip(widths - offset, 0, 8)
-            words.append(word & _WORD_MASKS[keep])
+        words = padded.words(start, widths, width)
         keys = words[0] if len(words) == 1 else _hash_words(words, widths)
+        known = self._known
+        if known is not None and len(known[0]) == len(words):
+            known_words, known_widths, known_keys, known_names = known
+            codes = np.minimum(np.searchsorted(known_keys, keys), len(known_keys) - 1)
+            same = (known_keys[codes] == keys).all() and (
+                len(words) == 1
+                or (
+                    (known_widths[codes] == widths).all()
+                    and all((k[codes] == w).all() for k, w in zip(known_words, words, strict=True))
+                )
+            )
+            if same:
+                return known_names, codes
         unique = np.unique(keys)
         codes = np.searchsorted(unique, keys)
         rows = np.empty(len(unique), dtype=np.int64)
-        rows[codes] = np.arange(len(codes))  # any line of each group represents it
-        if len(words) > 1:
-            heads = rows[codes]
-            if (widths[heads] != widths).any() or any((w[heads] != w).any() for w in words):
-                return None, codes
-        names = [bytes(data[start[row] : stop[row]]) for row in rows.tolist()]
+        rows[codes] = np.arange(len(codes))  # any line of each key represents it
+        heads = rows[codes]
+        if len(words) > 1 and (
+            (widths[heads] != widths).any() or any((w[heads] != w).any() for w in words)
+        ):
+            return None, codes
+        names = [padded.bytes(start[row], stop[row]) for row in rows.tolist()]
         if any(self.reader.is_header(name) for name in names):
             return None, codes
         new = [i for i, contig in enumerate(names) if contig not in self.reader.seen_contigs]
@@ -232,6 +254,7 @@ class ChunkValidator:
                 self.reader.check_contig(first + int(rows[i]), names[i])
         except ProcessingError:
             return None, codes
+        self._known = ([w[rows] for w in words], widths[rows], unique, names)
         return names, codes
 
     def _vcf_max_end(self, chunk: bytes, starts: np.ndarray, ref_lengths: np.ndarray) -> int:
@@ -252,30 +275,59 @@ def _hash_words(words: list[np.ndarray], widths: np.ndarray) -> np.ndarray:
     return hashes
 
 
-def _integers(data: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray | None:
-    """The unsigned decimal integers at ``data[start:stop]``, or None when one is not one.
-
-    Only 1 to :data:`_MAX_DIGITS` ASCII digits are accepted (leading zeros included), exactly
-    what ``bytes.isdigit`` accepts below 2^63 for such short fields.
-    """
-    widths = stop - start
-    width = int(widths.max())
-    if widths.min() < 1 or width > _MAX_DIGITS:
-        return None
-    values = np.zeros(len(start), dtype=np.int64)
-    last = len(data) - 1
-    for k in range(width):
-        inside = k < widths
-        digit = data[np.minimum(start + k, last)] - np.uint8(0x30)  # wraps below "0"
-        if (inside & (digit > 9)).any():
-            return None
-        values = np.where(inside, values * 10 + digit, values)
-    return values
-
-
 def worth_vectorising(size: int) -> bool:
     """Whether ``size`` bytes of records are worth numpy's set-up cost."""
     return size >= VECTORISE_ABOVE
+
+
+def _hash_words(words: list[np.ndarray], widths: np.ndarray) -> np.ndarray:
+    """One 64-bit FNV-style hash per name, from its width and its words."""
+    hashes = widths.astype(np.uint64)
+    for word in words:
+        hashes = (hashes * _FNV_PRIME) ^ word
+    return hashes
+
+
+class Padded:
+    """A chunk's bytes with zeros before and after, so fixed-width windows never run off it."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = np.concatenate((_FRONT, data, _BACK))
+        self._wide = np.lib.stride_tricks.sliding_window_view(self.data, 8)
+        self._digits = np.lib.stride_tricks.sliding_window_view(self.data, _MAX_DIGITS)
+
+    def bytes(self, start: int, stop: int) -> bytes:
+        return self.data[start + len(_FRONT) : stop + len(_FRONT)].tobytes()
+
+    def words(self, start: np.ndarray, widths: np.ndarray, width: int) -> list[np.ndarray]:
+        """Each field as little-endian 8-byte words, zero past its end."""
+        words = []
+        for offset in range(0, width, 8):
+            rows = self._wide[start + (len(_FRONT) + offset)]
+            word = np.ascontiguousarray(rows).view("<u8").ravel()
+            words.append(word & _WORD_MASKS[np.clip(widths - offset, 0, 8)])
+        return words
+
+    def integers(self, start: np.ndarray, stop: np.ndarray) -> np.ndarray | None:
+        """The unsigned decimal integers at ``[start, stop)``, or None when one is not one.
+
+        Only 1 to :data:`_MAX_DIGITS` ASCII digits are accepted (leading zeros included),
+        exactly what ``bytes.isdigit`` accepts below 2^63 for such short fields.
+        """
+        widths = stop - start
+        width = int(widths.max())
+        if widths.min() < 1 or width > _MAX_DIGITS:
+            return None
+        # Each field right-aligned in a row of ``width`` bytes: its own digits, then the bytes
+        # before it, which the mask drops.
+        rows = self._digits[stop + (len(_FRONT) - width), :width]
+        digits = rows - np.uint8(0x30)  # wraps below "0"
+        inside = _RIGHT_ALIGNED[width][widths]
+        if ((digits > 9) & inside).any():
+            return None
+        digits *= inside
+        # An elementwise product and a row sum: a matrix product could wake BLAS threads.
+        return (digits * _POWERS[width]).sum(axis=1)
 
 
 def scan_header(
