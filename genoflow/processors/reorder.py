@@ -25,9 +25,13 @@ class BlockReorder:
         order: every contig the input holds, in the order the output wants.
         sink: where the re-ordered lines go.
         spill: an empty, writable and readable scratch file for blocks that arrive early.
+        count: whether to count the lines written (:attr:`lines`); a caller that checks the
+            count elsewhere saves a pass over the data.
     """
 
-    def __init__(self, order: list[bytes], sink: Sink, spill: IO[bytes]) -> None:
+    def __init__(
+        self, order: list[bytes], sink: Sink, spill: IO[bytes], *, count: bool = True
+    ) -> None:
         self._order = order
         self._rank = {contig: rank for rank, contig in enumerate(order)}
         self._sink = sink
@@ -39,6 +43,7 @@ class BlockReorder:
         self._start = 0
         self._tail = b""
         self.lines = 0
+        self._count = count
 
     def write(self, data: bytes) -> None:
         """Take the next piece of sort's output (cut anywhere).
@@ -57,7 +62,8 @@ class BlockReorder:
                 self._current, self._direct = contig, self._rank[contig] == self._next
                 self._start = self._spill.tell()
             (self._sink if self._direct else self._spill).write(run)
-            self.lines += run.count(b"\n")
+            if self._count:
+                self.lines += run.count(b"\n")
 
     def close(self) -> None:
         """Write out every block still waiting.
