@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from measure import Run
+from pipeline import CacheHit, SmallFiles, cache_section, small_section
 
 __all__ = ["report"]
 
@@ -25,7 +26,11 @@ def fmt_ratio(a: float, b: float) -> str:
 
 
 def table(runs: list[Run], inputs: dict[str, str]) -> str:
-    """Median per family and side, with genoflow/reference ratios on the genoflow row."""
+    """Median per family and side, with ratios on the genoflow row.
+
+    A family measured against several reference pipelines (VCF: GNU sort and bcftools) is
+    compared with the one whose median wall time is lowest.
+    """
     keys = ("wall", "cpu", "rss_mb", "tree_mb", "out_mb")
     lines = [
         "| work | side | wall s | CPU s | peak RSS MB | peak total RSS MB | output MB "
@@ -33,22 +38,26 @@ def table(runs: list[Run], inputs: dict[str, str]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for family in dict.fromkeys(r.family for r in runs):
+        sides = list(dict.fromkeys(r.side for r in runs if r.family == family))
         med = {}
-        for side in ("genoflow", "reference"):
+        for side in sides:
             ok = [r for r in runs if r.family == family and r.side == side and r.error is None]
             if ok:
                 med[side] = [statistics.median(getattr(r, k) for r in ok) for k in keys]
-        for side in ("genoflow", "reference"):
+        references = [side for side in sides if side != "genoflow" and side in med]
+        base = min(references, key=lambda side: med[side][0]) if references else None
+        for side in sides:
+            label = side if side != base or len(sides) < 3 else f"{side} (faster reference)"
             if side not in med:
-                lines.append(f"| {inputs[family]} | {side} | failed | | | | | | | |")
+                lines.append(f"| {inputs[family]} | {label} | failed | | | | | | | |")
                 continue
             wall, cpu, rss, tree, out = med[side]
             ratios = " | ".join([""] * 3)
-            if side == "genoflow" and "reference" in med:
-                ref = med["reference"]
+            if side == "genoflow" and base is not None:
+                ref = med[base]
                 ratios = " | ".join(fmt_ratio(med[side][i], ref[i]) for i in (0, 1, 3))
             lines.append(
-                f"| {inputs[family]} | {side} | {wall:.1f} | {cpu:.1f} | {rss:.0f} | {tree:.0f} "
+                f"| {inputs[family]} | {label} | {wall:.1f} | {cpu:.1f} | {rss:.0f} | {tree:.0f} "
                 f"| {out:.1f} | {ratios} |"
             )
     return "\n".join(lines)
@@ -94,7 +103,8 @@ def machine() -> list[str]:
         f"(htslib {pysam.version.__htslib_version__}, "
         f"samtools {pysam.version.__samtools_version__})",
         f"Reference tools: {_first_line(['samtools', '--version'])}; "
-        f"{_first_line(['bgzip', '--version'])}; {_first_line(['sort', '--version'])}",
+        f"{_first_line(['bgzip', '--version'])}; {_first_line(['sort', '--version'])}; "
+        f"{_first_line(['bcftools', '--version'])}",
     ]
 
 
@@ -115,7 +125,12 @@ def peak_section(check: tuple[Run, str] | None, args: argparse.Namespace) -> str
 
 
 def report(
-    runs: list[Run], inputs: dict[str, str], args: argparse.Namespace, peak: tuple[Run, str] | None
+    runs: list[Run],
+    inputs: dict[str, str],
+    args: argparse.Namespace,
+    peak: tuple[Run, str] | None,
+    hit: CacheHit | None = None,
+    small: SmallFiles | None = None,
 ) -> str:
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = shlex.join(["python", "benchmarks/run.py", *args.argv])
@@ -131,5 +146,6 @@ def report(
         f"{facts}\n\n## Medians\n\n{table(runs, inputs)}\n\n"
         "Ratios are genoflow / reference (below 1: genoflow is cheaper). "
         "See benchmarks/README.md for what each side runs and how to read this.\n\n"
-        f"{peak_section(peak, args)}## Every run\n\n{raw_table(runs)}\n"
+        f"{peak_section(peak, args)}{cache_section(hit)}{small_section(small)}"
+        f"## Every run\n\n{raw_table(runs)}\n"
     )
