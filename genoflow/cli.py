@@ -116,10 +116,13 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
     for md5, family in work:
         by_family[family].append(md5)
     runner.add_partitions(instance, by_family)
-    with tqdm(total=len(work), desc="genoflow", unit="file", disable=None, file=sys.stderr) as bar:
-        outcomes = runner.run_all(
-            work, settings=settings, jobs=jobs, on_done=lambda _: bar.update()
-        )
+    with open_node(settings) as node:
+        done = runner.up_to_date(instance, node.lookup, work)
+    todo = [item for item in work if item not in done]
+    with tqdm(total=len(todo), desc="genoflow", unit="file", disable=None, file=sys.stderr) as bar:
+        ran = runner.run_all(todo, settings=settings, jobs=jobs, on_done=lambda _: bar.update())
+    by_item = {**done, **{(o.md5, o.family): o for o in ran}}
+    outcomes = [by_item[item] for item in work]
     print_summary(sources, outcomes, as_json=as_json)
     failed = bool(problems) or not all(outcome.ok for outcome in outcomes)
     return 1 if failed else 0

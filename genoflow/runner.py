@@ -16,6 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import filelock
 from dagster import BetaWarning, DagsterInstance, PreviewWarning
@@ -31,6 +32,8 @@ from genoflow.storage.replicas import local_owner_gone, owner_id
 LAUNCHED_BY = "genoflow/launched_by"
 # host:pid of the process executing the run in process; a run left STARTED by a dead one is failed.
 OWNER = "genoflow/owner"
+# The code versions of the whole chain a run built (``sensors.chain_version``).
+CHAIN = "genoflow/chain"
 # Failures reach the user through the summary; the run keeps every event in the instance.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
@@ -108,6 +111,54 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
     return failed
 
 
+def up_to_date(
+    instance: DagsterInstance, lookup: Callable[[Any], Any], work: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], Outcome]:
+    """The chains with nothing left to do, as ``cached`` outcomes, without launching a run.
+
+    A chain is up to date when a whole-chain run of its current code versions succeeded for
+    that md5 (so every step and blocking check passed) and every one of its artifacts is still
+    in this node's cache, whole by its marker and sizes (``lookup``). Anything less (another
+    version, a failed or partial run, an artifact only on a replica) runs as usual.
+
+    Args:
+        instance: the Dagster instance.
+        lookup: this node's cache lookup (an artifact key → the artifact or None).
+        work: ``(md5, family)`` pairs.
+    """
+    from dagster import DagsterRunStatus, RunsFilter
+    from dagster._core.storage.tags import PARTITION_NAME_TAG
+
+    from genoflow.jobs import job_name
+    from genoflow.pipeline import key_for
+    from genoflow.sensors import chain_version
+
+    work = list(work)
+    succeeded: dict[str, dict[str, str]] = {}
+    for family in {family for _, family in work}:
+        runs = instance.get_runs(
+            RunsFilter(
+                job_name=job_name(family),
+                statuses=[DagsterRunStatus.SUCCESS],
+                tags={CHAIN: chain_version(family)},
+            )
+        )
+        # Newest first: the latest run of each partition wins.
+        by_md5 = succeeded.setdefault(family, {})
+        for run in runs:
+            by_md5.setdefault(run.tags.get(PARTITION_NAME_TAG, ""), run.run_id)
+    done: dict[tuple[str, str], Outcome] = {}
+    for md5, family in work:
+        run_id = succeeded[family].get(md5)
+        if run_id is None:
+            continue
+        if all(lookup(key_for(family, md5, asset)) is not None for asset in CHAINS[family]):
+            outcome = Outcome(md5, family, dict.fromkeys(CHAINS[family], "cached"))
+            outcome.run_id = run_id
+            done[md5, family] = outcome
+    return done
+
+
 def add_partitions(instance: DagsterInstance, by_family: dict[str, list[str]]) -> int:
     """Add the md5s missing from each family's dynamic partitions; return how many were new."""
     added = 0
@@ -125,6 +176,7 @@ def run_one(md5: str, family: str) -> Outcome:
     """Materialize one family chain for one md5 in this process; never raises for bad data."""
     from genoflow.definitions import defs
     from genoflow.jobs import job_name
+    from genoflow.sensors import chain_version
 
     quiet_warnings()
     started = time.perf_counter()
@@ -136,7 +188,7 @@ def run_one(md5: str, family: str) -> Outcome:
             instance=DagsterInstance.get(),
             raise_on_error=False,
             run_config=_QUIET,
-            tags={LAUNCHED_BY: "genoflow run", OWNER: owner_id()},
+            tags={LAUNCHED_BY: "genoflow run", OWNER: owner_id(), CHAIN: chain_version(family)},
         )
     except DagsterError as exc:
         outcome.error = f"[dagster] {md5}: {exc}"

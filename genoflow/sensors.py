@@ -238,5 +238,7 @@ def _run_request(row: ManifestRow) -> RunRequest:
             "genoflow/name": row.name,
             "genoflow/manifest": f"{row.manifest.name}:{row.line}",
             "genoflow/launched_by": SENSOR_NAME,
+            # A whole-chain run: once it succeeds, `genoflow run` needs no run for this md5.
+            "genoflow/chain": chain_version(row.family),
         },
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -95,12 +96,42 @@ def test_the_long_contig_gets_a_csi_index(demo_home) -> None:
     assert record["assets"]["index"]["files"][1].endswith(".csi")
 
 
-def test_a_second_run_is_all_cache_hits(demo_home) -> None:
-    home, _ = demo_home
+def _run_count(home: Path) -> int:
+    connection = sqlite3.connect(home / "dagster" / "history" / "runs.db")
+    try:
+        return connection.execute("SELECT count(*) FROM runs").fetchone()[0]
+    finally:
+        connection.close()
+
+
+def test_a_second_run_is_all_cache_hits_and_launches_no_run(demo_home) -> None:
+    home, first = demo_home
+    before = _run_count(home)
     result = genoflow(home, "run", str(DEMO), "--json")
     assert result.returncode == 0, result.stderr
-    for record in json.loads(result.stdout):
+    records = json.loads(result.stdout)
+    for record in records:
         assert set(record["assets"].values()) == {"cached"}, record
+    # Up to date: the first run's successful chain is named, and nothing new was launched.
+    first_ids = {r["name"]: r["run_id"] for r in json.loads(first.stdout)}
+    assert {r["name"]: r["run_id"] for r in records} == first_ids
+    assert _run_count(home) == before
+
+
+def test_a_chain_missing_an_artifact_locally_runs_again(demo_home, tmp_path) -> None:
+    home, _ = demo_home
+    manifest = tmp_path / "one.tsv"
+    row = next(r for r in read_manifest(DEMO).rows if r.name.endswith(".bed"))
+    manifest.write_text(f"name\turi\tmd5\n{row.name}\t{row.uri}\t{row.md5}\n")
+    index = next((home / "cache" / "intervals").glob(f"*/{row.md5}/index"))
+    shutil.rmtree(index)
+    before = _run_count(home)
+    env = {"GENOFLOW_ALLOWED_ROOTS": str(Path(row.uri).parent)}
+    result = run_cli(home, "run", str(manifest), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["assets"] == {"source": "cached", "sorted": "cached", "index": "built"}
+    assert _run_count(home) == before + 1
 
 
 def test_bad_rows_and_bad_files_are_reported_while_good_ones_are_built(tmp_path) -> None:
