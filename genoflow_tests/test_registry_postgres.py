@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import glob
 import multiprocessing
 import os
 import pwd
@@ -36,32 +35,23 @@ from genoflow.storage.registry import replicas as replica_table
 from genoflow_tests.test_datamanager import PROCESSES, _register_many, every_replica, local, store
 from genoflow_tests.test_registry import row
 from genoflow_tests.test_transfer import RELPATH, flip_last_byte, publish_artifact, upload_artifact
+from scripts import cluster_services
 
 
 def postgres_binary(name: str) -> str:
-    """``initdb``/``postgres`` from PATH, else from Debian's versioned folder; skip without."""
-    found = shutil.which(name) or next(
-        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
-    )
-    if found:
-        return found
+    """``initdb``/``postgres`` (see :func:`scripts.cluster_services.postgres_binary`); skip
+    without, or fail under ``GENOFLOW_REQUIRE_TOOLS=1``."""
+    try:
+        return cluster_services.postgres_binary(name)
+    except cluster_services.ServiceError:
+        pass
     message = f"{name} is not installed: apt-get install postgresql to run the PostgreSQL tests"
     if os.environ.get("GENOFLOW_REQUIRE_TOOLS") == "1":
         pytest.fail(message)
     pytest.skip(message)
 
 
-def run_as_postgres() -> dict[str, Any]:
-    """Popen arguments that drop root to the ``postgres`` user (created when missing)."""
-    if os.geteuid() != 0:
-        return {}
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home", "postgres"], check=True
-        )
-    return {"user": "postgres", "group": "postgres", "extra_groups": []}
+run_as_postgres = cluster_services.as_postgres_user
 
 
 @contextlib.contextmanager
