@@ -8,14 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
 
 from genoflow.config import Settings
 from genoflow.errors import ManifestError, SourceError
-from genoflow.jobs import family_job
-from genoflow.pipeline import CHAINS, build_source
-from genoflow.resources import GenoflowResource
-from genoflow.sensors import manifest_sensor
+from genoflow.pipeline import build_source
 from genoflow.storage.cache import Cache
 from genoflow.storage.gcs import make_filesystem
 from genoflow.storage.registry import Registry
@@ -23,20 +19,16 @@ from genoflow.watch import manifest_location
 from genoflow.watch_gcs import GcsManifests
 
 from .gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401
+from .test_sensors import HEADER, _tick, instance  # noqa: F401
 
-HEADER = "name\turi\tmd5\tformat\tsize\n"
+# ruff: noqa: F811 - pytest fixtures imported from other test modules
+
 PEAKS = b"chr1\t10\t20\n"
 TABLE = b"a,b\n1,2\n"
 
 
 @pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
-def prefix(gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:  # noqa: F811
+def prefix(gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"gs://{gcs_bucket}/manifests"
     monkeypatch.setenv("GENOFLOW_MANIFESTS", uri)
     return uri
@@ -54,18 +46,6 @@ def _delete(uri: str) -> None:
 
 def _row(name: str, uri: str, content: bytes) -> str:
     return f"{name}\t{uri}\t{hashlib.md5(content).hexdigest()}\t\t{len(content)}\n"
-
-
-def _tick(instance: DagsterInstance, home: Path, cursor: str | None):
-    sensor = manifest_sensor([family_job(f) for f in CHAINS], minimum_interval_seconds=30)
-    context = build_sensor_context(
-        instance=instance, cursor=cursor, resources={"genoflow": GenoflowResource(home=str(home))}
-    )
-    result = sensor(context)
-    if isinstance(result, SensorResult):
-        for request in result.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-    return result
 
 
 def test_a_gs_prefix_is_watched_and_relative_uris_name_objects_beside_the_manifest(
