@@ -10,7 +10,7 @@ from pathlib import Path
 
 from genoflow.config import Settings
 from genoflow.errors import GenoflowError, ManifestError
-from genoflow.manifest import Manifest, read_manifest, read_manifests
+from genoflow.manifest import Manifest, read_manifests
 from genoflow.pipeline import CHAINS
 from genoflow.report import print_errors, print_status, print_summary, status_records
 
@@ -72,22 +72,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def load_manifests(paths: Sequence[Path]) -> tuple[Manifest, list[str]]:
     """Read every manifest; one that cannot be parsed is reported and the others still flow."""
-    readable, problems = [], []
-    for path in paths:
-        try:
-            alone = read_manifest(path)
-        except ManifestError as exc:
-            problems.append(str(exc))
-            continue
-        readable.append(path)
-        if not alone.rows and not alone.errors:
-            problems.append(
-                f"[manifest] {path}: lists no rows — add one row per file under the header, "
-                "or leave the manifest out"
-            )
     from genoflow.storage.gcs import gs_md5
 
-    manifest = read_manifests(readable, md5_lookup=gs_md5)
+    unreadable: list[ManifestError] = []
+    manifest = read_manifests(paths, md5_lookup=gs_md5, unreadable=unreadable)
+    problems = [str(exc) for exc in unreadable]
+    listed = {row.manifest for row in manifest.rows} | {error.manifest for error in manifest.errors}
+    problems += [
+        f"[manifest] {path}: lists no rows — add one row per file under the header, "
+        "or leave the manifest out"
+        for path in manifest.paths
+        if path not in listed
+    ]
     problems += [f"[manifest] invalid row {error}" for error in manifest.errors]
     return manifest, problems
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genoflow.errors import GenoflowError
+from genoflow.errors import GenoflowError, ManifestError
 from genoflow.formats import FAMILY, FORMATS, Family, format_from_name, normalize_format
 from genoflow.manifest_records import REQUIRED, load_records
 from genoflow.uris import CONTROL, URI_RESOLVERS, Resolver, resolve_uri, uri_basename
@@ -116,7 +116,11 @@ def read_manifest(
 
 
 def read_manifests(
-    paths: Iterable[str | Path], *, md5_lookup: Md5Lookup | None = None, base: str | None = None
+    paths: Iterable[str | Path],
+    *,
+    md5_lookup: Md5Lookup | None = None,
+    base: str | None = None,
+    unreadable: list[ManifestError] | None = None,
 ) -> Manifest:
     """Read manifests and validate their rows together.
 
@@ -132,16 +136,27 @@ def read_manifests(
             object's md5 (its ``md5Hash``); without one, the md5 is required on every row.
         base: what relative uris resolve against instead of each manifest's own folder, e.g.
             the ``gs://bucket/prefix`` a local copy of a bucket's manifest was downloaded from.
+        unreadable: when given, a manifest that cannot be read or parsed is added to it and left
+            out (the others still flow) instead of raising.
 
     Raises:
-        ManifestError: a manifest cannot be read or parsed at all (the first such one).
+        ManifestError: a manifest cannot be read or parsed at all (the first such one), unless
+            ``unreadable`` collects them.
     """
-    manifests = [Path(path) for path in paths]
+    manifests = []
     rows: list[ManifestRow] = []
     errors: list[RowError] = []
-    for manifest in manifests:
+    for manifest in (Path(path) for path in paths):
+        try:
+            records = load_records(manifest)
+        except ManifestError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append(exc)
+            continue
+        manifests.append(manifest)
         folder = base or Path(os.path.abspath(manifest)).parent
-        for line, fields in load_records(manifest):
+        for line, fields in records:
             outcome = _validate(
                 fields, manifest=manifest, line=line, base=folder, lookup=md5_lookup
             )

@@ -521,3 +521,17 @@ def test_an_unreadable_md5hash_is_a_row_error(tmp_path: Path) -> None:
     assert manifest.rows == []
     assert "object not found" in str(manifest.errors[0])
     assert "no md5Hash" in str(manifest.errors[1])
+
+
+def test_unreadable_manifests_can_be_collected_while_the_others_flow(tmp_path: Path) -> None:
+    good = tmp_path / "good.tsv"
+    good.write_text("name\turi\tmd5\na.bed\ta.bed\t" + "a" * 32 + "\n")
+    bad = tmp_path / "bad.tsv"
+    bad.write_bytes(b"name\turi\tmd5\n\xff\xfe\n")
+    unreadable: list[ManifestError] = []
+    manifest = read_manifests([bad, good], unreadable=unreadable)
+    assert [row.name for row in manifest.rows] == ["a.bed"]
+    assert manifest.paths == [good]
+    assert [str(exc).startswith(f"[manifest] {bad}: not UTF-8") for exc in unreadable] == [True]
+    with pytest.raises(ManifestError, match="not UTF-8"):
+        read_manifests([bad, good])
