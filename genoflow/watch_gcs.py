@@ -12,10 +12,16 @@ from __future__ import annotations
 import os
 import posixpath
 from pathlib import Path
-from typing import Any
 
 from genoflow.errors import GenoflowError, ManifestError, redact
 from genoflow.storage.atomic import remove_tree, temp_sibling
+from genoflow.storage.gcs import (
+    GcsLocation,
+    ObjectInfo,
+    _object_info,
+    call_with_retry,
+    describe,
+)
 from genoflow.watch import MANIFEST_SUFFIXES, Listing
 
 
@@ -32,8 +38,6 @@ class GcsManifests:
     """
 
     def __init__(self, prefix: str, *, copies: Path) -> None:
-        from genoflow.storage.gcs import GcsLocation
-
         try:
             self.location = GcsLocation("manifests", prefix.rstrip("/"), deployment="manifests")
         except GenoflowError as exc:
@@ -53,8 +57,6 @@ class GcsManifests:
 
     def exists(self) -> bool:
         """Whether the bucket answers (an empty or not yet used prefix still exists)."""
-        from genoflow.storage.gcs import call_with_retry
-
         fs = self.location.filesystem()
         try:
             return bool(call_with_retry(lambda: fs.exists(self.location.bucket)))
@@ -63,8 +65,6 @@ class GcsManifests:
 
     def listing(self, *, now: float | None = None) -> Listing:
         """Every manifest object's content hash (``md5:…``, or ``crc32c:…`` when it has no md5)."""
-        from genoflow.storage.gcs import call_with_retry
-
         fs = self.location.filesystem()
         folder = "/".join(p for p in (self.location.bucket, self.location.prefix) if p)
         try:
@@ -78,7 +78,7 @@ class GcsManifests:
             name = posixpath.basename(entry["name"].rstrip("/"))
             if entry.get("type") != "file" or not _is_manifest(name):
                 continue
-            hashes[name] = _object_hash(entry)
+            hashes[name] = _content_hash(_object_info(entry))
         self._listed = hashes
         return Listing(hashes)
 
@@ -94,7 +94,9 @@ class GcsManifests:
         try:
             info = self.location.get(name, temp / name)
             listed = self._listed.get(name)
-            if listed is not None and not _same(listed, info):
+            # A download knows its md5 even for a composite object, listed by crc32c and size.
+            downloaded = {f"md5:{info.md5}", f"crc32c:{info.crc32c}:{info.size}"}
+            if listed is not None and listed not in downloaded:
                 raise ManifestError(
                     "changed while it was being read",
                     file=self.location.uri(name),
@@ -117,8 +119,6 @@ class GcsManifests:
         return copy
 
     def _error(self, what: str, exc: BaseException) -> ManifestError:
-        from genoflow.storage.gcs import describe
-
         return ManifestError(f"{what}: {describe(exc)}", file=str(self), stage="watch", hint=_HINT)
 
 
@@ -129,17 +129,6 @@ def _is_manifest(name: str) -> bool:
     return bool(name) and not name.startswith(".") and name.lower().endswith(MANIFEST_SUFFIXES)
 
 
-def _object_hash(entry: dict[str, Any]) -> str:
-    import base64
-
-    md5 = entry.get("md5Hash")
-    if md5:
-        return "md5:" + base64.b64decode(md5).hex()
-    return f"crc32c:{entry.get('crc32c')}:{entry.get('size')}"
-
-
-def _same(listed: str, info: Any) -> bool:
-    """Whether a downloaded object (verified against itself) is the one listed."""
-    if listed.startswith("md5:"):
-        return info.md5 == listed[4:]
-    return listed == f"crc32c:{info.crc32c}:{info.size}"
+def _content_hash(info: ObjectInfo) -> str:
+    """The cursor's hash of an object: its md5, or for composite objects crc32c and size."""
+    return f"md5:{info.md5}" if info.md5 else f"crc32c:{info.crc32c}:{info.size}"
