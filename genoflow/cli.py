@@ -102,7 +102,8 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
     print_errors(problems)
     registry = Registry(settings.registry_target)
     registry.register(manifest.rows)
-    Cache(settings.cache_root).sweep()
+    cache = Cache(settings.cache_root)
+    cache.sweep()
     with open_node(settings) as node:
         node.dm.reclaim_pending()  # copies left half-written by killed runs
     sources = manifest.sources()
@@ -112,8 +113,7 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
     for md5, family in work:
         by_family[family].append(md5)
     runner.add_partitions(instance, by_family)
-    with open_node(settings) as node:
-        done = runner.up_to_date(instance, node.lookup, work)
+    done = runner.up_to_date(instance, cache.lookup, work)
     todo = [item for item in work if item not in done]
     with tqdm(total=len(todo), desc="genoflow", unit="file", disable=None, file=sys.stderr) as bar:
         ran = runner.run_all(todo, settings=settings, jobs=jobs, on_done=lambda _: bar.update())
