@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from genoflow.processors.intervals import (
 )
 from genoflow.processors.order import OrderCheck
 from genoflow.processors.records import RecordReader
-from genoflow.processors.reorder import BlockReorder
+from genoflow.processors.reorder import reorder_blocks
 from genoflow.processors.sortjob import SortJob
 
 from .conftest import require_tool
@@ -242,6 +243,33 @@ def test_vcf_follows_the_header_contig_order(tmp_path, tabix, engine):
     src = write(tmp_path / "in.vcf", text(VCF_HEADER, vcf_lines(random.Random(4), 3)))
     result = sort_and_index(tmp_path, src, "vcf")
     assert run([tabix, "-l", str(result.files[0])]).split() == [b"chr2", b"chr10", b"chr1"]
+
+
+def test_vcf_in_genome_contig_order_stays_in_it_and_bcftools_and_tabix_index_it(
+    tmp_path, tabix, bcftools, engine, validation
+):
+    # Genome order, not byte order: chr10..chr12 and chr1_random arrive early from a byte-order
+    # sort and must wait; chrM and chrX come after chrY in the header.
+    contigs = [f"chr{n}" for n in range(1, 13)] + ["chrY", "chrX", "chrM", "chr1_random"]
+    header = b"".join(b"##contig=<ID=%s,length=99999>\n" % c.encode() for c in contigs)
+    header = b"##fileformat=VCFv4.2\n" + header + VCF_HEADER.splitlines(keepends=True)[-1]
+    rng = random.Random(29)
+    lines = [
+        f"{rng.choice(contigs)}\t{rng.randrange(1, 99999)}\t.\tA\tG\t50\tPASS\tDP={i}".encode()
+        + b"\tGT" * 20
+        for i in range(8000)
+    ]
+    src = write(tmp_path / "in.vcf", text(header, lines))
+    result = sort_file(tmp_path, src, "vcf", memory=64 << 10)  # sort spills to disk
+    rank = {c.encode(): r for r, c in enumerate(contigs)}
+    fields = [line.split(b"\t", 2) for line in lines]
+    expected = [b"\t".join(f) for f in sorted(fields, key=lambda f: (rank[f[0]], int(f[1]), f))]
+    assert result.metadata["sort_path"] == "direct"
+    assert data_lines(result.files[0]) == expected
+    for argv in ([bcftools, "index", "-f"], [tabix, "-f", "-p", "vcf"]):
+        copy = shutil.copy(result.files[0], tmp_path / "copy.vcf.gz")
+        run([*argv, str(copy)])
+    assert run([tabix, "-l", str(copy)]).split() == [c.encode() for c in contigs]
 
 
 def test_vcf_without_contig_lines_sorts_contigs_bytewise(tmp_path):
@@ -819,28 +847,77 @@ def test_chunk_validation_agrees_with_line_validation_on_damaged_records(monkeyp
 # ---------------------------------------------------------------- contig block order
 
 
-def test_block_reorder_puts_byte_ordered_blocks_in_header_order_whatever_the_cuts(tmp_path):
+def reorder_through_pipes(
+    tmp_path: Path, data: bytes, order: list[bytes], sizes: dict[bytes, int], *, into: str
+) -> bytes:
+    """What :func:`reorder_blocks` makes of ``data`` read from a pipe, as sort would write it.
+
+    ``into`` is ``pipe`` (bytes are spliced into a pipe, as into bgzip) or ``sink`` (written to
+    a Python sink, as into pysam's BGZF writer).
+    """
+    source, feed = os.pipe()
+    drain, sink = os.pipe() if into == "pipe" else (-1, -1)
+    out = io.BytesIO()
+
+    def write_then_close() -> None:
+        with open(feed, "wb") as pipe:
+            pipe.write(data)
+
+    def read_all() -> bytes:
+        with open(drain, "rb") as pipe:
+            return pipe.read()
+
+    with ThreadPoolExecutor(2) as pool, open(tmp_path / "spill", "w+b") as spill:
+        fed = pool.submit(write_then_close)
+        drained = pool.submit(read_all) if into == "pipe" else None
+        try:
+            reorder_blocks(source, sizes, order, sink if into == "pipe" else out, spill.fileno())
+        finally:
+            os.close(source)
+            if into == "pipe":
+                os.close(sink)
+            fed.exception()
+        return out.getvalue() if drained is None else drained.result()
+
+
+def sort_output(lines: list[bytes]) -> tuple[bytes, dict[bytes, int]]:
+    """Lines in byte order as sort writes them, and the bytes each contig's block takes."""
+    data = b"".join(line + b"\n" for line in sorted(lines))
+    sizes: dict[bytes, int] = {}
+    for line in lines:
+        contig = line.split(b"\t")[0]
+        sizes[contig] = sizes.get(contig, 0) + len(line) + 1
+    return data, sizes
+
+
+@pytest.mark.parametrize("into", ["pipe", "sink"])
+def test_reorder_blocks_puts_byte_ordered_blocks_in_header_order(tmp_path, into):
     rng = random.Random(28)
     contigs = [b"chr1", b"chr2", b"chr10", b"chrX", b"chr1_random", b"chrM"]
-    lines = sorted(b"%s\t%d\tx" % (rng.choice(contigs), rng.randrange(99)) for _ in range(500))
-    data = b"".join(line + b"\n" for line in lines)
-    out = io.BytesIO()
-    with open(tmp_path / "spill", "w+b") as spill:
-        blocks = BlockReorder(contigs, out, spill)
-        cuts = sorted(rng.sample(range(1, len(data)), 40))
-        for begin, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
-            blocks.write(data[begin:end])
-        blocks.close()
-    expected = [line for contig in contigs for line in lines if line.split(b"\t")[0] == contig]
-    assert out.getvalue() == b"".join(line + b"\n" for line in expected)
-    assert blocks.lines == 500
+    lines = [
+        b"%s\t%d\t%s" % (rng.choice(contigs), rng.randrange(99), b"x" * 500) for _ in range(9000)
+    ]
+    data, sizes = sort_output(lines)
+    out = reorder_through_pipes(tmp_path, data, contigs, sizes, into=into)
+    expected = [
+        line for contig in contigs for line in sorted(lines) if line.startswith(contig + b"\t")
+    ]
+    assert out == b"".join(line + b"\n" for line in expected)
 
 
-def test_block_reorder_refuses_a_contig_it_was_not_promised(tmp_path):
-    with open(tmp_path / "spill", "w+b") as spill:
-        blocks = BlockReorder([b"chr2", b"chr1"], io.BytesIO(), spill)
-        with pytest.raises(ValueError, match="chr3"):
-            blocks.write(b"chr1\t5\nchr3\t1\n")
+@pytest.mark.parametrize("into", ["pipe", "sink"])
+def test_reorder_blocks_refuses_a_block_that_does_not_start_with_its_contig(tmp_path, into):
+    data = b"chr1\t5\nchr3\t1\n"
+    sizes = {b"chr1": 7, b"chr2": 7}
+    with pytest.raises(ValueError, match="chr2"):
+        reorder_through_pipes(tmp_path, data, [b"chr2", b"chr1"], sizes, into=into)
+
+
+@pytest.mark.parametrize("into", ["pipe", "sink"])
+def test_reorder_blocks_refuses_sort_output_shorter_than_its_records(tmp_path, into):
+    data, sizes = sort_output([b"chr1\t5", b"chr2\t1", b"chr2\t9"])
+    with pytest.raises(ValueError, match="ended early"):
+        reorder_through_pipes(tmp_path, data[:-3], [b"chr2", b"chr1"], sizes, into=into)
 
 
 # ---------------------------------------------------------------- order checks

@@ -11,7 +11,8 @@ stops everything with the same error the streamed path would raise.
 GNU sort orders records by ``-t TAB -k1,1 -k<start>,<start>n`` with its whole-line tie-break,
 which is the streamed path's (contig, start, line) byte order. A VCF whose ``##contig`` order
 is not byte order is sorted the same way, and its contig blocks (each contiguous in sort's
-output) are put in header order as they stream by (:mod:`~genoflow.processors.reorder`).
+output, each as long as the validator counted) are put in header order as they stream by
+(:mod:`~genoflow.processors.reorder`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from subprocess import PIPE
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from genoflow.errors import ProcessingError
+from genoflow.processors.bgzf import Sink
 from genoflow.processors.chunks import (
     ChunkValidator,
     Irregular,
@@ -32,7 +34,7 @@ from genoflow.processors.chunks import (
 )
 from genoflow.processors.commands import Child, pump, write_all
 from genoflow.processors.records import HeaderSpill, RecordReader
-from genoflow.processors.reorder import BlockReorder
+from genoflow.processors.reorder import reorder_blocks
 from genoflow.processors.sortjob import SortJob, SortStats
 
 __all__ = ["sort_direct"]
@@ -62,7 +64,8 @@ def sort_direct(job: SortJob, plain: Path) -> SortStats | None:
         raw, lineno = first
         offset = handle.tell() - len(raw)
         sizable = worth_vectorising(plain.stat().st_size - offset)
-        validator = ChunkValidator(reader, vectorised=sizable)
+        reordered = not _byte_ordered(reader)
+        validator = ChunkValidator(reader, vectorised=sizable, sizes=reordered)
         stats = SortStats("direct", header_lines=lineno - 1, line_skip=header.line_skip)
         start = reader.spec.start_col + 1
         keys = ["-t", "\t", "-k1,1", f"-k{start},{start}n"]
@@ -70,14 +73,15 @@ def sort_direct(job: SortJob, plain: Path) -> SortStats | None:
         with open(plain, "rb") as records:
             records.seek(offset)
             # Nothing counts the lines written: sort_intervals checks the index's record count.
-            if job.tools.cli and _byte_ordered(reader):
-                if not _sort_into_bgzip(job, header, records, keys, validator, chunks):
+            if job.tools.cli:
+                sorting = _Sorting(job, records, keys, reordered=reordered)
+                if not _sort_into_bgzip(sorting, header, validator, chunks):
                     return None
             else:
                 with job.gnu_sort(keys, stdin=records, stdout=PIPE) as sorter:
                     if not _validate(validator, chunks):
                         return None
-                    _write(job, header, sorter, _block_order(reader))
+                    _write(job, header, sorter, validator)
     stats.records, stats.max_end = validator.records, validator.max_end
     return stats
 
@@ -98,21 +102,30 @@ def _byte_ordered(reader: RecordReader) -> bool:
     return order == sorted(order)
 
 
+class _Sorting(NamedTuple):
+    """What :func:`_sort_into_bgzip` runs GNU sort on, and whether its contig blocks move."""
+
+    job: SortJob
+    records: BinaryIO
+    keys: list[str]
+    reordered: bool
+
+
 def _sort_into_bgzip(
-    job: SortJob,
+    sorting: _Sorting,
     header: HeaderSpill,
-    records: BinaryIO,
-    keys: list[str],
     validator: ChunkValidator,
     chunks: Iterator[tuple[bytes, int, int]],
 ) -> bool:
-    """Header, then GNU sort's output straight into ``bgzip`` (no copy through Python).
+    """Header, then GNU sort's output into ``bgzip`` without Python reading it.
 
     ``bgzip`` starts first and gets the header lines on its stdin; only then does sort start,
-    writing into the same pipe, so the header's bytes come first. ``bgzip`` cuts blocks by
-    input size alone, so the bytes equal those of the copying path. Returns False (with
-    ``job.out`` removed) at the first irregular line.
+    writing into the same pipe when its byte order is the output's, so the header's bytes come
+    first. Otherwise sort's contig blocks are spliced into that pipe in header order. ``bgzip``
+    cuts blocks by input size alone, so the bytes equal those of the copying path. Returns
+    False (with ``job.out`` removed) at the first irregular line.
     """
+    job = sorting.job
     argv = [job.tools.paths["bgzip"], "-@", str(job.threads), "-c"]
     common = {"name": job.name, "stage": "sort", "scratch": job.scratch}
     try:
@@ -121,11 +134,19 @@ def _sort_into_bgzip(
             Child(argv, what="bgzip", stdin=PIPE, stdout=file, **common) as zipper,
         ):
             header.write_to(_PipeWriter(zipper))
-            with job.gnu_sort(keys, stdin=records, stdout=zipper.stdin) as sorter:
-                zipper.stdin.close()  # sort holds the pipe now: bgzip ends when sort does
+            into = PIPE if sorting.reordered else zipper.stdin
+            with job.gnu_sort(sorting.keys, stdin=sorting.records, stdout=into) as sorter:
+                if not sorting.reordered:
+                    zipper.stdin.close()  # sort holds the pipe now: bgzip ends when sort does
                 if not _validate(validator, chunks):
                     job.out.unlink(missing_ok=True)
                     return False
+                if sorting.reordered:
+                    try:
+                        _reorder(job, validator, sorter, zipper.stdin.fileno())
+                    except BrokenPipeError as exc:
+                        raise zipper.failure() from exc
+                    zipper.stdin.close()
                 sorted_ok = sorter.proc.wait() == 0
                 if not sorted_ok and zipper.failed():
                     raise zipper.failure()  # bgzip died first: its reason explains sort's
@@ -135,6 +156,18 @@ def _sort_into_bgzip(
         job.out.unlink(missing_ok=True)
         raise
     return True
+
+
+def _reorder(job: SortJob, validator: ChunkValidator, sorter: Child, sink: int | Sink) -> None:
+    """Sort's output into ``sink`` (a pipe's write end, or a sink) in header contig order."""
+    assert validator.sizes is not None, "the validator was not counting contig sizes"
+    order = sorted(validator.sizes, key=validator.reader.contigs.__getitem__)
+    with tempfile.TemporaryFile(dir=job.scratch) as spill:
+        try:
+            reorder_blocks(sorter.stdout.fileno(), validator.sizes, order, sink, spill.fileno())
+        except ValueError as exc:
+            sorter.finish()  # a sort that failed explains the garbled output best
+            raise ProcessingError(str(exc), file=job.name, stage="sort") from exc
 
 
 class _PipeWriter:
@@ -157,30 +190,15 @@ def _header_line(reader: RecordReader, header: HeaderSpill, lineno: int, line: b
     header.add(line)
 
 
-def _block_order(reader: RecordReader) -> list[bytes] | None:
-    """The VCF header's contig order when it differs from byte order; None when it does not."""
-    if not reader.contigs:
-        return None
-    by_rank = sorted(reader.seen_contigs, key=reader.contigs.__getitem__)
-    return None if by_rank == sorted(reader.seen_contigs) else by_rank
-
-
-def _write(job: SortJob, header: HeaderSpill, sorter: Child, order: list[bytes] | None) -> None:
-    """Header, then sort's output (re-ordered by contig block if asked) into the BGZF sink.
+def _write(job: SortJob, header: HeaderSpill, sorter: Child, validator: ChunkValidator) -> None:
+    """Header, then sort's output (with its contig blocks in header order) into the BGZF sink.
 
     Lines are not counted here: sort_intervals checks the count the index holds.
     """
     with job.sink() as sink:
         header.write_to(sink)
-        if order is None:
+        if validator.sizes is None:
             pump(sorter.stdout, sink.write, count=False)
         else:
-            with tempfile.TemporaryFile(dir=job.scratch) as spill:
-                blocks = BlockReorder(order, sink, spill, count=False)
-                try:
-                    pump(sorter.stdout, blocks.write, count=False)
-                    blocks.close()
-                except ValueError as exc:
-                    sorter.finish()  # a sort that failed explains the garbled output best
-                    raise ProcessingError(str(exc), file=job.name, stage="sort") from exc
+            _reorder(job, validator, sorter, sink)
         sorter.finish()

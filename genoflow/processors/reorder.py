@@ -1,134 +1,124 @@
 """Put the contig blocks of a byte-ordered sort into another contig order, as they stream by.
 
-Invariant: every byte fed in reaches the sink exactly once, each contig's block whole and
-unchanged, blocks in the order given. A block is written straight through when it is the next
-one the sink needs, so most of the output is compressed while sort is still writing; a block
-that arrives early waits in a scratch file until its turn. Memory stays at one chunk.
+Invariant: every byte sort writes reaches the sink exactly once, each contig's block whole and
+unchanged, blocks in the order given. The size of every block is known before sort writes its
+first byte (the validator counted each contig's bytes), so blocks are cut by length, never by
+reading lines: the bytes move from pipe to pipe or file inside the kernel (``splice``), and
+Python touches only the first bytes of each block, to check that it starts with its contig. A
+block that is the next one the sink needs goes straight through while sort is still writing;
+one that arrives early waits in a scratch file until its turn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import IO
+import os
+from collections.abc import Mapping
 
 from genoflow.processors.bgzf import Sink
 
-__all__ = ["BlockReorder"]
+__all__ = ["reorder_blocks"]
 
 _COPY = 1 << 20
 
 
-class BlockReorder:
-    """Receives lines sorted by contig bytes; writes them to ``sink`` in ``order``'s contig order.
+def reorder_blocks(
+    source: int,
+    sizes: Mapping[bytes, int],
+    order: list[bytes],
+    sink: int | Sink,
+    spill: int,
+) -> None:
+    """Copy sort's output from ``source`` to ``sink`` with its contig blocks in ``order``.
 
     Args:
-        order: every contig the input holds, in the order the output wants.
-        sink: where the re-ordered lines go.
-        spill: an empty, writable and readable scratch file for blocks that arrive early.
-        count: whether to count the lines written (:attr:`lines`); a caller that checks the
-            count elsewhere saves a pass over the data.
+        source: the read end of sort's stdout, whose lines are sorted by contig bytes.
+        sizes: the bytes of every contig's block; together, everything sort writes.
+        order: every contig of ``sizes``, in the order the output wants.
+        sink: the write end of a pipe (bytes are spliced into it), or a :class:`Sink`.
+        spill: an empty, readable and writable scratch file for blocks that arrive early.
+
+    Raises:
+        ValueError: sort's output ends early or goes on, or a block does not start with its
+            contig; or ``order`` and ``sizes`` name different contigs.
+        BrokenPipeError: ``sink`` is a pipe whose reader has gone.
     """
-
-    def __init__(
-        self, order: list[bytes], sink: Sink, spill: IO[bytes], *, count: bool = True
-    ) -> None:
-        self._order = order
-        self._rank = {contig: rank for rank, contig in enumerate(order)}
-        self._sink = sink
-        self._spill = spill
-        self._next = 0
-        self._waiting: dict[bytes, tuple[int, int]] = {}
-        self._current: bytes | None = None
-        self._direct = False
-        self._start = 0
-        self._tail = b""
-        self.lines = 0
-        self._count = count
-
-    def write(self, data: bytes) -> None:
-        """Take the next piece of sort's output (cut anywhere).
-
-        Raises:
-            ValueError: a contig that ``order`` lacks, or one whose block was already closed.
-        """
-        data = self._tail + data
-        cut = data.rfind(b"\n") + 1
-        self._tail = data[cut:]
-        for contig, run in _runs(data[:cut]):
-            if contig != self._current:
-                self._end_block()
-                if contig not in self._rank or contig in self._waiting:
-                    raise ValueError(f"contig {contig!r} out of place in sort output")
-                self._current, self._direct = contig, self._rank[contig] == self._next
-                self._start = self._spill.tell()
-            (self._sink if self._direct else self._spill).write(run)
-            if self._count:
-                self.lines += run.count(b"\n")
-
-    def close(self) -> None:
-        """Write out every block still waiting.
-
-        Raises:
-            ValueError: the input ended inside a line, or lacked a block ``order`` promised.
-        """
-        if self._tail:
-            raise ValueError("sort output ends without a newline")
-        self._end_block()
-        if self._next != len(self._order):
-            raise ValueError(f"no records for contig {self._order[self._next]!r} in sort output")
-
-    def _end_block(self) -> None:
-        if self._current is None:
-            return
-        if self._direct:
-            self._next += 1
-        else:
-            self._waiting[self._current] = (self._start, self._spill.tell() - self._start)
-        self._current = None
-        while self._next < len(self._order) and self._order[self._next] in self._waiting:
-            self._copy(*self._waiting.pop(self._order[self._next]))
-            self._next += 1
-
-    def _copy(self, offset: int, length: int) -> None:
-        end = self._spill.tell()
-        self._spill.seek(offset)
-        while length > 0:
-            data = self._spill.read(min(_COPY, length))
-            self._sink.write(data)
-            length -= len(data)
-        self._spill.seek(end)
+    if sorted(order) != sorted(sizes):
+        raise ValueError("the contig order does not name the contigs sort was given")
+    waiting: dict[bytes, tuple[int, int]] = {}
+    spilled = 0
+    wanted = iter(order)
+    needed = next(wanted, None)
+    for contig in sorted(sizes):
+        size = sizes[contig]
+        head = _read_exactly(source, len(contig) + 1)  # a record holds a tab after its contig
+        if head != contig + b"\t":
+            raise ValueError(f"contig {contig!r} out of place in sort output")
+        if contig != needed:
+            os.pwrite(spill, head, spilled)
+            _splice(source, spill, size - len(head), offset_dst=spilled + len(head))
+            waiting[contig], spilled = (spilled, size), spilled + size
+            continue
+        _write(sink, head)
+        _move(source, sink, size - len(head))
+        needed = next(wanted, None)
+        while needed in waiting:
+            offset, length = waiting.pop(needed)
+            _move(spill, sink, length, offset=offset)
+            needed = next(wanted, None)
+    if os.read(source, 1):
+        raise ValueError("sort output holds more bytes than its records")
 
 
-def _runs(chunk: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """Split whole lines sorted by contig into (contig, lines) runs."""
-    start, size = 0, len(chunk)
-    last = chunk.rfind(b"\n", 0, size - 1) + 1
-    while start < size:
-        tab = chunk.find(b"\t", start, chunk.find(b"\n", start))
-        if tab < 0:
-            raise ValueError("a line of sort output has no tab")
-        key = chunk[start : tab + 1]
-        end = size if chunk.startswith(key, last) else _run_end(chunk, start, key)
-        yield key[:-1], chunk[start:end]
-        start = end
+def _read_exactly(source: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        more = os.read(source, size - len(data))
+        if not more:
+            raise ValueError("sort output ended early")
+        data += more
+    return data
 
 
-def _run_end(chunk: bytes, start: int, key: bytes) -> int:
-    """Where the run of lines starting with ``key`` that begins at ``start`` ends.
-
-    Binary search over byte offsets: "the first line at or after this offset starts with
-    another contig" is false up to the run's last line and true from just after its start.
-    """
-    low, high = start + 1, len(chunk)
-    while low < high:
-        middle = (low + high) // 2
-        if chunk.startswith(key, _line_at(chunk, middle)):
-            low = middle + 1
-        else:
-            high = middle
-    return _line_at(chunk, low)
+def _write(sink: int | Sink, data: bytes) -> None:
+    if isinstance(sink, int):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(sink, view) :]
+    else:
+        sink.write(data)
 
 
-def _line_at(chunk: bytes, offset: int) -> int:
-    """The start of the first line at or after ``offset`` (``len(chunk)`` past the last)."""
-    return offset if chunk[offset - 1] == 0x0A else chunk.find(b"\n", offset) + 1
+def _move(source: int, sink: int | Sink, size: int, *, offset: int | None = None) -> None:
+    """Copy ``size`` bytes of ``source`` (from ``offset`` when it is a file) to ``sink``."""
+    if isinstance(sink, int):
+        _splice(source, sink, size, offset_src=offset)
+        return
+    while size > 0:
+        want = min(_COPY, size)
+        data = os.read(source, want) if offset is None else os.pread(source, want, offset)
+        if not data:
+            raise ValueError("sort output ended early")
+        sink.write(data)
+        size -= len(data)
+        if offset is not None:
+            offset += len(data)
+
+
+def _splice(
+    source: int,
+    sink: int,
+    size: int,
+    *,
+    offset_src: int | None = None,
+    offset_dst: int | None = None,
+) -> None:
+    """Move ``size`` bytes in the kernel; one of the two ends must be a pipe."""
+    while size > 0:
+        moved = os.splice(source, sink, min(_COPY, size), offset_src, offset_dst)
+        if not moved:
+            raise ValueError("sort output ended early")
+        size -= moved
+        if offset_src is not None:
+            offset_src += moved
+        if offset_dst is not None:
+            offset_dst += moved
