@@ -5,14 +5,17 @@ temporary folder, with a manifest of N distinct interval sources (BED rows, each
 A tick is timed as what Dagster bounds by its gRPC timeout (60 s by default): the sensor
 function, including Dagster's resolution of its run requests, plus the serialization of its
 result. Between ticks the partition requests are applied, as the daemon does. Ticks repeat until
-one requests nothing; that last one shows the cost of a tick over an unchanged folder.
+one requests nothing; that last one shows the cost of a tick over an unchanged folder. Then 10
+rows are added to the manifest and one more tick is timed: only its new lines are read, against
+the lines the sensor kept of its previous content.
 
-Usage: ``python benchmarks/sensor_tick.py [--rows 10000,100000] [--output FILE]``
+Usage: ``python benchmarks/sensor_tick.py [--rows 10000,100000] [--output FILE] [--profile FILE]``
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import hashlib
 import os
 import sys
@@ -43,9 +46,9 @@ def write_manifest(folder: Path, rows: int, *, start: int = 0) -> Path:
     return path
 
 
-def measure(rows: int) -> dict[str, float]:
+def measure(rows: int, *, profile: Path | None = None) -> dict[str, float]:
     """Ticks over one manifest of ``rows`` new md5s until nothing is left to request, then one
-    tick after 10 rows were added to it (the whole manifest is read again)."""
+    tick after 10 rows were added to it, profiled into ``profile`` if given."""
     repository = defs.get_repository_def()
     sensor = repository.get_sensor_def(SENSOR_NAME)
     ticks: list[float] = []
@@ -61,7 +64,9 @@ def measure(rows: int) -> dict[str, float]:
         requested, cursor = 0, None
         with DagsterInstance.from_config(str(root / "dagster")) as instance:
 
-            def tick(cursor: str | None) -> tuple[Any, float]:
+            def tick(
+                cursor: str | None, profiler: cProfile.Profile | None = None
+            ) -> tuple[Any, float]:
                 context = build_sensor_context(
                     instance_ref=instance.get_ref(),
                     cursor=cursor,
@@ -69,7 +74,10 @@ def measure(rows: int) -> dict[str, float]:
                     repository_def=repository,
                 )
                 started = time.perf_counter()
-                data = sensor.evaluate_tick(context)
+                if profiler is None:
+                    data = sensor.evaluate_tick(context)
+                else:
+                    data = profiler.runcall(sensor.evaluate_tick, context)
                 return data, time.perf_counter() - started
 
             while True:
@@ -90,7 +98,10 @@ def measure(rows: int) -> dict[str, float]:
             assert requested == rows, f"{requested} of {rows} md5s requested"
             grown = write_manifest(root / "manifests", rows + 10)
             grown.replace(root / "manifests" / f"manifest_{rows}.tsv")
-            data, changed = tick(cursor)
+            profiler = cProfile.Profile() if profile else None
+            data, changed = tick(cursor, profiler)
+            if profiler is not None and profile is not None:
+                profiler.dump_stats(profile)
             assert len(data.run_requests) == 10, len(data.run_requests)
             cursor_bytes = len(data.cursor or "")
     return {
@@ -108,6 +119,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="10000,100000", help="manifest sizes, comma-separated")
     parser.add_argument("--output", type=Path, help="also write the table here (markdown)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="write cProfile stats of the tick after the 10-row change here (of the last size; "
+        "read them with python -m pstats FILE)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     lines = [
@@ -116,7 +133,7 @@ def main() -> int:
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for rows in (int(value) for value in args.rows.split(",")):
-        m = measure(rows)
+        m = measure(rows, profile=args.profile)
         lines.append(
             f"| {rows:,} | {m['ticks']} | {m['first']:.2f} | {m['slowest']:.2f} "
             f"| {m['payload_mb']:.1f} | {m['unchanged']:.3f} | {m['changed']:.2f} "

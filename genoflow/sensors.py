@@ -12,6 +12,10 @@ A tick requests at most ``MAX_NEW_PER_TICK`` md5s, so a manifest of any size sta
 Dagster's bounds on one tick; a manifest with more is marked partial in the cursor and read again
 on the next tick, which takes the next md5s (those requested are partitions by then). Each row is
 registered in the tick that requests its md5, or in the first tick for an md5 already known.
+
+Once every md5 of a manifest's content is requested, the lines of that content are kept in a
+sidecar (:mod:`genoflow.manifest_diff`), so when it changes only its new lines are read: a small
+edit to a large manifest costs a tick in proportion to the edit, not to the manifest.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 from genoflow.config import Settings
 from genoflow.errors import ManifestError
 from genoflow.jobs import job_name
-from genoflow.manifest import ManifestRow, RowError, read_manifest
+from genoflow.manifest import ManifestRow, RowError
+from genoflow.manifest_diff import ChangedRead, SidecarStore, read_changed
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import CHAINS, version_of
 from genoflow.resources import GenoflowResource
@@ -50,6 +55,8 @@ MAX_LOGGED_ROW_ERRORS = 200  # per tick; the rest are counted, so a broken expor
 # Run requests per tick: ~0.65 kB each on the wire, and Dagster bounds a tick by its gRPC timeout
 # (60 s) and message size (100 MB); a bigger manifest is worked through over several ticks.
 MAX_NEW_PER_TICK = 10_000
+# Up to this many md5s, ask the instance about them alone rather than list whole families.
+_FEW_MD5S = 1_000
 
 
 def chain_version(family: str) -> str:
@@ -118,14 +125,17 @@ def evaluate(
             skip_reason=f"nothing new in {location} ({result.summary()})",
             cursor=result.cursor.dumps(),
         )
-    manifests = _read_changed(context, location, result)
-    continuing = {n for n in manifests if previous.continues(n, result.cursor.hashes[n])}
+    continuing = {n for n in result.changed if previous.continues(n, result.cursor.hashes[n])}
+    store = SidecarStore(settings.home / "state" / "manifest-lines")
+    reads = _read_changed(context, location, result, previous, store, continuing)
+    manifests = {name: read.manifest.rows for name, read in reads.items()}
     batch = _batch(manifests, _known(context, manifests), continuing, limit)
     registry = Registry(settings.registry_target)
     try:
         registry.register(batch.register)
     finally:
         registry.close()
+    _remember(context, store, previous, result, reads, batch.unfinished)
     cursor = result.cursor.unfinished(batch.unfinished).dumps()
     if not batch.requested:
         rows = sum(len(rows) for rows in manifests.values())
@@ -146,35 +156,82 @@ def evaluate(
 
 
 def _read_changed(
-    context: SensorEvaluationContext, location: LocalManifests | GcsManifests, result: Scan
-) -> dict[str, list[ManifestRow]]:
-    """Valid rows of each changed manifest, each read alone; every problem is logged."""
-    manifests: dict[str, list[ManifestRow]] = {}
+    context: SensorEvaluationContext,
+    location: LocalManifests | GcsManifests,
+    result: Scan,
+    previous: ManifestCursor,
+    store: SidecarStore,
+    continuing: set[str],
+) -> dict[str, ChangedRead]:
+    """Each changed manifest read alone, by its new lines when its sidecar allows; every
+    problem is logged. A manifest worked through over ticks is read whole (the rows of its
+    later md5s are in no sidecar)."""
+    reads: dict[str, ChangedRead] = {}
     errors: list[RowError] = []
     for name in result.changed:
+        handled = None if name in continuing else store.load(previous.hashes.get(name))
         try:
-            manifest = read_manifest(location.path(name), md5_lookup=gs_md5, base=location.base)
+            read = read_changed(location.path(name), handled, md5_lookup=gs_md5, base=location.base)
         except ManifestError as exc:
             context.log.error(str(exc))
             continue
-        manifests[name] = manifest.rows
-        errors.extend(manifest.errors)
+        reads[name] = read
+        errors.extend(read.manifest.errors)
     for error in errors[:MAX_LOGGED_ROW_ERRORS]:
         context.log.warning(f"invalid row {error}")
     if len(errors) > MAX_LOGGED_ROW_ERRORS:
         context.log.warning(f"… and {len(errors) - MAX_LOGGED_ROW_ERRORS} more invalid rows")
-    return manifests
+    return reads
+
+
+def _remember(
+    context: SensorEvaluationContext,
+    store: SidecarStore,
+    previous: ManifestCursor,
+    result: Scan,
+    reads: dict[str, ChangedRead],
+    unfinished: set[str],
+) -> None:
+    """Keep the lines of each manifest whose md5s are all requested, for its next change.
+
+    The previous cursor's sidecars stay too: should this tick's cursor never be committed, the
+    next tick starts from that cursor again.
+    """
+    for name, read in reads.items():
+        digest = result.cursor.hashes[name]
+        handled = None if name in unfinished else read.handled()
+        if handled is None:
+            store.discard(digest)
+            continue
+        try:
+            store.save(digest, handled)
+        except OSError as exc:  # only the speed of this manifest's next change depends on it
+            store.discard(digest)
+            context.log.warning(
+                f"cannot keep the lines of {name} ({exc}): its next change is read whole"
+            )
+    store.prune(
+        {*previous.hashes.values(), *previous.partial.values(), *result.cursor.hashes.values()}
+    )
 
 
 def _known(
     context: SensorEvaluationContext, manifests: dict[str, list[ManifestRow]]
 ) -> dict[str, set[str]]:
-    """The md5 partitions that already exist, for each family the manifests name."""
-    families = {row.family for rows in manifests.values() for row in rows}
-    return {
-        family: set(context.instance.get_dynamic_partitions(PARTITIONS[family].name))
-        for family in families
-    }
+    """Of the md5s the manifests name, those already partitions, by family."""
+    md5s: dict[str, set[str]] = {}
+    for rows in manifests.values():
+        for row in rows:
+            md5s.setdefault(row.family, set()).add(row.md5)
+    known = {}
+    for family, wanted in md5s.items():
+        name = PARTITIONS[family].name
+        if len(wanted) <= _FEW_MD5S:
+            existing = context.instance.get_existing_dynamic_partitions(name, sorted(wanted))
+            known[family] = set(existing)
+        else:
+            known[family] = set(context.instance.get_dynamic_partitions(name)) & wanted
+    return known
 
 
 @dataclass(frozen=True)

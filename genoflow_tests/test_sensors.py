@@ -12,6 +12,7 @@ import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
 
 from genoflow.jobs import family_job
+from genoflow.manifest_diff import HandledLines, SidecarStore
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import CHAINS
 from genoflow.resources import GenoflowResource
@@ -291,3 +292,131 @@ def test_two_new_copies_of_one_manifest_are_read_once(watched) -> None:
     _manifest(watched, "b.tsv", inputs)
     result = scan(ManifestCursor(), LocalManifests(watched).listing())
     assert (result.changed, result.moved) == (["a.tsv"], ["b.tsv"])
+
+
+def _sidecars(home: Path) -> list[Path]:
+    return sorted((home / "state" / "manifest-lines").iterdir())
+
+
+def _no_full_read(monkeypatch) -> None:
+    def full_read(*args, **kwargs):
+        raise AssertionError("the manifest was read whole")
+
+    monkeypatch.setattr("genoflow.manifest_diff.read_manifest", full_read)
+
+
+def test_a_small_edit_to_a_manifest_reads_only_its_new_lines(
+    instance, watched, home, monkeypatch
+) -> None:
+    inputs = _inputs(watched)
+    _manifest(watched, "batch.tsv", list(inputs.values()))
+    first = _tick(instance, home, None)
+    other = _file(watched, "other.bed", b"chr3\t1\t2\n")
+    _manifest(watched, "batch.tsv", [other, inputs["reads"], inputs["peaks"]])
+    _no_full_read(monkeypatch)
+    second = _tick(instance, home, first.cursor)
+    (request,) = second.run_requests
+    assert (request.partition_key, request.tags["genoflow/manifest"]) == (other[1], "batch.tsv:2")
+    names = sorted(row.name for row in Registry(home / "registry.db").rows())
+    assert names == ["other.bed", "peaks.bed", "reads.sam", "table.csv"]
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+def test_a_corrupt_or_missing_sidecar_falls_back_to_the_full_read(
+    instance, watched, home, damage
+) -> None:
+    inputs = _inputs(watched)
+    _manifest(watched, "batch.tsv", [inputs["reads"], inputs["peaks"]])
+    first = _tick(instance, home, None)
+    (sidecar,) = _sidecars(home)
+    if damage == "corrupt":
+        sidecar.write_text(sidecar.read_text()[:40])
+    else:
+        sidecar.unlink()
+    _manifest(watched, "batch.tsv", list(inputs.values()))
+    second = _tick(instance, home, first.cursor)
+    assert _requested(second) == [("passthrough_chain", inputs["table"][1])]
+    (digest,) = ManifestCursor.parse(second.cursor).hashes.values()
+    assert SidecarStore(home / "state" / "manifest-lines").load(digest).rows
+
+
+def test_invalid_rows_are_logged_again_after_a_small_edit(
+    instance, watched, home, capfd, monkeypatch
+) -> None:
+    inputs = _inputs(watched)
+    broken = "broken.bed\tbroken.bed\tnot-an-md5\t\t\n"
+    _manifest(watched, "mixed.tsv", [inputs["peaks"]], extra=broken)
+    first = _tick(instance, home, None)
+    capfd.readouterr()
+    path = _manifest(
+        watched,
+        "mixed.tsv",
+        [inputs["peaks"]],
+        extra=broken + f"table.csv\ttable.csv\t{inputs['table'][1]}\t\t\n",
+    )
+    _no_full_read(monkeypatch)
+    second = _tick(instance, home, first.cursor)
+    assert _requested(second) == [("passthrough_chain", inputs["table"][1])]
+    assert f"{path}:3: malformed md5 'not-an-md5'" in capfd.readouterr().err
+
+
+def test_an_added_row_conflicting_with_an_unchanged_one_drops_both_as_a_full_read_does(
+    instance, watched, home, capfd
+) -> None:
+    peaks = _file(watched, "peaks.bed", b"chr1\t10\t20\n")
+    _manifest(watched, "batch.tsv", [peaks])
+    first = _tick(instance, home, None)
+    _manifest(watched, "batch.tsv", [peaks, ("peaks.bed", hashlib.md5(b"x").hexdigest(), 1)])
+    second = _tick(instance, home, first.cursor)
+    assert not second.run_requests
+    assert "batch.tsv:3: name 'peaks.bed' has conflicting md5s" in capfd.readouterr().err
+
+
+def test_a_row_freed_from_a_conflict_by_an_edit_is_requested(instance, watched, home) -> None:
+    peaks = _file(watched, "peaks.bed", b"chr1\t10\t20\n")
+    other = ("peaks.bed", hashlib.md5(b"x").hexdigest(), 1)
+    _manifest(watched, "batch.tsv", [peaks, other])
+    first = _tick(instance, home, None)
+    assert not first.run_requests
+    _manifest(watched, "batch.tsv", [peaks])
+    assert _requested(_tick(instance, home, first.cursor)) == [("intervals_chain", peaks[1])]
+
+
+def test_a_tick_whose_cursor_was_not_committed_is_repeated_whole(instance, watched, home) -> None:
+    inputs = _inputs(watched)
+    _manifest(watched, "batch.tsv", [inputs["reads"]])
+    first = _tick(instance, home, None)
+    _manifest(watched, "batch.tsv", [inputs["reads"], inputs["peaks"]])
+    context = build_sensor_context(instance=instance, cursor=first.cursor)
+    settings = GenoflowResource(home=str(home)).settings()
+    lost = evaluate(context, settings, LocalManifests(watched), limit=10)  # never committed
+    assert _requested(lost) == [("intervals_chain", inputs["peaks"][1])]
+    again = _tick(instance, home, first.cursor)
+    assert _requested(again) == [("intervals_chain", inputs["peaks"][1])]
+
+
+def test_sidecars_are_written_whole_and_only_for_contents_the_cursor_names(
+    instance, watched, home
+) -> None:
+    inputs = _inputs(watched)
+    _manifest(watched, "batch.tsv", [inputs["reads"]])
+    first = _tick(instance, home, None)
+    _manifest(watched, "batch.tsv", [inputs["reads"], inputs["peaks"]])
+    second = _tick(instance, home, first.cursor)
+    _manifest(watched, "batch.tsv", list(inputs.values()))
+    third = _tick(instance, home, second.cursor)
+    digests = {*ManifestCursor.parse(second.cursor).hashes.values()}
+    digests |= {*ManifestCursor.parse(third.cursor).hashes.values()}
+    assert [p.name for p in _sidecars(home)] == sorted(f"{d}.json" for d in digests)
+
+
+def test_a_sidecar_of_the_wrong_shape_is_not_trusted(tmp_path) -> None:
+    store = SidecarStore(tmp_path)
+    store.save("abc", HandledLines("h", "/data", {"0123456789abcdef": ["a.bed", "0" * 32, "bed"]}))
+    assert store.load("abc").rows == {"0123456789abcdef": ["a.bed", "0" * 32, "bed"]}
+    for rows in ('{"0123456789abcdef": 7}', '{"0123456789abcdef": ["a.bed"]}', "[]"):
+        (tmp_path / "abc.json").write_text(
+            f'{{"v": 1, "digest": "abc", "header": "h", "base": "/data", "rows": {rows}}}'
+        )
+        assert store.load("abc") is None
+    assert [p.name for p in tmp_path.iterdir()] == ["abc.json"]  # no temp file left behind
