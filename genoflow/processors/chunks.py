@@ -190,13 +190,14 @@ class ChunkValidator:
             return False
         # Column j < min_columns - 1 ends at the line's tab number j; the last required column
         # at its next tab or the line's end.
-        tab_ends = np.append(tabs, len(chunk))
         padded = Padded(data)
 
         def column(j: int) -> tuple[np.ndarray, np.ndarray]:
             start = begins if j == 0 else tabs[first_tab + j - 1] + 1
             if j < spec.min_columns - 1:
                 return start, tabs[first_tab + j]
+            # Only then the copy of every tab position: a VCF never asks for that column.
+            tab_ends = np.append(tabs, len(chunk))
             return start, np.minimum(tab_ends[first_tab + j], ends)
 
         names, codes = self._contigs(padded, *column(0), first)
