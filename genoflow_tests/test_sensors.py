@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import time
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
 
 from genoflow.jobs import family_job
-from genoflow.manifest_diff import HandledLines, SidecarStore
+from genoflow.manifest import read_manifest
+from genoflow.manifest_diff import HandledLines, SidecarStore, read_changed
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import CHAINS
 from genoflow.resources import GenoflowResource
@@ -420,3 +422,40 @@ def test_a_sidecar_of_the_wrong_shape_is_not_trusted(tmp_path) -> None:
         )
         assert store.load("abc") is None
     assert [p.name for p in tmp_path.iterdir()] == ["abc.json"]  # no temp file left behind
+
+
+def _random_line(rng: random.Random) -> str:
+    name = f"f{rng.randrange(20)}.{rng.choice(['bed', 'sam', 'csv'])}"
+    md5 = hashlib.md5(str(rng.randrange(15)).encode()).hexdigest()
+    return rng.choice(
+        [
+            f"{name}\t{name}\t{md5}\t\t{rng.randrange(99)}\n",
+            f"{name}\t{name}\t{md5}\tbed\t\n",
+            f"{name}\t{name}\tnot-an-md5\t\t\n",
+            f"{name}\t{name}\n",
+            "# a comment\n",
+            "\n",
+        ]
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reading_new_lines_finds_what_a_full_read_finds_less_the_rows_handled_before(
+    tmp_path, seed
+) -> None:
+    rng = random.Random(seed)
+    path = tmp_path / "m.tsv"
+    for _ in range(50):
+        lines = [_random_line(rng) for _ in range(rng.randrange(1, 12))]
+        path.write_text(HEADER + "".join(lines))
+        handled = read_changed(path, None).handled()
+        before = {(r.name, r.md5, r.format, r.size) for r in read_manifest(path).rows}
+        for _ in range(rng.randrange(1, 4)):
+            at = rng.randrange(len(lines) + 1)
+            lines[at : at + rng.randrange(2)] = [_random_line(rng)] * rng.randrange(2)
+        path.write_text(HEADER + "".join(lines))
+        full, read = read_manifest(path), read_changed(path, handled)
+        assert [str(e) for e in read.manifest.errors] == [str(e) for e in full.errors]
+        assert set(read.manifest.rows) <= set(full.rows)
+        left_out = set(full.rows) - set(read.manifest.rows)
+        assert {(r.name, r.md5, r.format, r.size) for r in left_out} <= before
