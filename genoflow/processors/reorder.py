@@ -112,7 +112,13 @@ def _splice(
     offset_src: int | None = None,
     offset_dst: int | None = None,
 ) -> None:
-    """Move ``size`` bytes in the kernel; one of the two ends must be a pipe."""
+    """Move ``size`` bytes in the kernel; one of the two ends must be a pipe.
+
+    Where the system has no ``splice`` (it is Linux's), the bytes pass through Python.
+    """
+    if not hasattr(os, "splice"):
+        _copy(source, sink, size, offset_src=offset_src, offset_dst=offset_dst)
+        return
     while size > 0:
         moved = os.splice(source, sink, min(_COPY, size), offset_src, offset_dst)
         if not moved:
@@ -122,3 +128,24 @@ def _splice(
             offset_src += moved
         if offset_dst is not None:
             offset_dst += moved
+
+
+def _copy(
+    source: int, sink: int, size: int, *, offset_src: int | None, offset_dst: int | None
+) -> None:
+    while size > 0:
+        want = min(_COPY, size)
+        data = os.read(source, want) if offset_src is None else os.pread(source, want, offset_src)
+        if not data:
+            raise ValueError("sort output ended early")
+        view = memoryview(data)
+        while view:
+            if offset_dst is None:
+                done = os.write(sink, view)
+            else:
+                done = os.pwrite(sink, view, offset_dst)
+                offset_dst += done
+            view = view[done:]
+        size -= len(data)
+        if offset_src is not None:
+            offset_src += len(data)
