@@ -5,6 +5,7 @@ Read only when a command or a run starts — never at import time.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -15,11 +16,25 @@ from genoflow.processors.base import parse_memory
 DEFAULT_HOME = ".genoflow"
 DEFAULT_SORT_MEMORY = "768M"
 
-DAGSTER_YAML = """\
-# Written by genoflow for the embedded single-machine instance (SQLite storage).
-telemetry:
-  enabled: false
-"""
+_GENERATED = "# Written by genoflow for the embedded single-machine instance (SQLite storage).\n"
+
+
+def dagster_storage_yaml(dagster_home: Path) -> str:
+    """Dagster's SQLite storages in their usual folders under ``dagster_home``, through
+    subclasses that open each database once (genoflow/dagster_storage.py)."""
+    history = json.dumps(str(dagster_home / "history"))  # a JSON string is a YAML string
+    runs = json.dumps(str(dagster_home / "history" / "runs"))
+    return (
+        f"run_storage:\n  module: genoflow.dagster_storage\n  class: RunStorage\n"
+        f"  config:\n    base_dir: {history}\n"
+        f"event_log_storage:\n  module: genoflow.dagster_storage\n  class: EventLogStorage\n"
+        f"  config:\n    base_dir: {runs}\n"
+    )
+
+
+def dagster_yaml(dagster_home: Path) -> str:
+    """The ``dagster.yaml`` of the embedded instance in ``dagster_home``."""
+    return _GENERATED + "telemetry:\n  enabled: false\n" + dagster_storage_yaml(dagster_home)
 
 
 @dataclass(frozen=True)
@@ -112,11 +127,20 @@ class Settings:
         return self.registry_url or str(self.registry_path)
 
     def ensure_dagster_home(self) -> Path:
-        """Create the Dagster instance folder with a minimal ``dagster.yaml`` if it is new."""
+        """Create the Dagster instance folder with genoflow's ``dagster.yaml`` if it is new.
+
+        A ``dagster.yaml`` genoflow wrote earlier (another version, or a folder since moved) is
+        brought up to date (written whole, then renamed); one written by anybody else is left
+        as it is.
+        """
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         config = self.dagster_home / "dagster.yaml"
-        if not config.exists():
-            config.write_text(DAGSTER_YAML)
+        current = config.read_text() if config.exists() else _GENERATED
+        wanted = dagster_yaml(self.dagster_home)
+        if current != wanted and current.startswith(_GENERATED):
+            partial = config.with_name(f".dagster.yaml.{os.getpid()}")
+            partial.write_text(wanted)
+            partial.replace(config)
         return self.dagster_home
 
 

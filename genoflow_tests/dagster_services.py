@@ -18,7 +18,10 @@ from typing import Any
 
 import requests
 
+from genoflow.config import dagster_storage_yaml
+
 BIN = Path(sys.executable).parent
+# With the embedded instance's storages (as genoflow writes them), a run queue, as a daemon runs.
 DAGSTER_YAML = """\
 telemetry:
   enabled: false
@@ -41,7 +44,7 @@ def environment(root: Path, **extra: str) -> dict[str, str]:
     """Variables for a private Dagster instance and genoflow home under ``root``."""
     dagster_home = root / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+    (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML + dagster_storage_yaml(dagster_home))
     env = {key: value for key, value in os.environ.items() if not key.startswith("GENOFLOW_")}
     return {
         **env,

@@ -1,0 +1,153 @@
+"""The embedded instance's storages: Dagster's SQLite files, opened once a process."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    MaterializeResult,
+    asset,
+    define_asset_job,
+)
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+
+from genoflow.config import Settings, dagster_yaml
+from genoflow.dagster_storage import MAX_SHARD_ENGINES, EventLogStorage, RunStorage
+
+
+@asset
+def tiny() -> MaterializeResult:
+    return MaterializeResult(metadata={"rows": 3})
+
+
+JOB = Definitions(assets=[tiny], jobs=[define_asset_job("tiny_job")]).resolve_job_def("tiny_job")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    settings = Settings.from_env({"GENOFLOW_HOME": str(tmp_path / "home")})
+    dagster_home = settings.ensure_dagster_home()
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    return dagster_home
+
+
+def _schema(path: Path) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        tables = db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+        stamp = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    return [*tables, *stamp]
+
+
+def test_genoflows_instance_uses_its_storages(home: Path) -> None:
+    instance = DagsterInstance.get()
+    assert type(instance.run_storage) is RunStorage
+    assert type(instance.event_log_storage) is EventLogStorage
+    result = JOB.execute_in_process(instance=instance)
+    assert result.success
+    assert (home / "history" / "runs.db").is_file()
+    assert (home / "history" / "runs" / f"{result.run_id}.db").is_file()
+    assert (home / "history" / "runs" / "index.db").is_file()
+
+
+def test_runs_read_back_with_dagsters_own_storages_and_the_other_way(home: Path) -> None:
+    ours = DagsterInstance.get()
+    first = JOB.execute_in_process(instance=ours)
+    ours.dispose()
+
+    config = home / "dagster.yaml"
+    config.write_text("telemetry:\n  enabled: false\n")  # Dagster's default storages
+    plain = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    assert type(plain.event_log_storage) is SqliteEventLogStorage
+    assert type(plain.run_storage) is SqliteRunStorage
+    assert plain.get_run_by_id(first.run_id).is_success
+    event = plain.get_latest_materialization_event(AssetKey("tiny"))
+    assert event is not None and event.run_id == first.run_id
+    assert event.asset_materialization.metadata["rows"].value == 3
+    second = JOB.execute_in_process(instance=plain)
+    plain.dispose()
+
+    config.write_text(dagster_yaml(home))
+    again = DagsterInstance.get()
+    assert again.get_run_by_id(second.run_id).is_success
+    assert again.get_latest_materialization_event(AssetKey("tiny")).run_id == second.run_id
+    assert {r.run_id for r in again.get_runs()} == {first.run_id, second.run_id}
+
+
+def test_a_new_run_database_is_exactly_dagsters(home: Path, tmp_path: Path) -> None:
+    instance = DagsterInstance.get()
+    ours = JOB.execute_in_process(instance=instance).run_id
+    plain_dir = tmp_path / "plain"
+    plain_dir.mkdir()
+    plain = DagsterInstance.from_ref(InstanceRef.from_dir(str(plain_dir)))
+    theirs = JOB.execute_in_process(instance=plain).run_id
+    assert _schema(home / "history" / "runs" / f"{ours}.db") == _schema(
+        plain_dir / "history" / "runs" / f"{theirs}.db"
+    )
+    with sqlite3.connect(home / "history" / "runs" / f"{ours}.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT count(*) FROM event_logs").fetchone()[0] > 0
+
+
+def test_a_run_database_made_elsewhere_is_not_replaced(home: Path) -> None:
+    storage = DagsterInstance.get().event_log_storage
+    assert isinstance(storage, EventLogStorage)
+    path = Path(storage.path_for_shard("someone-else"))
+    path.write_bytes(b"")
+    assert storage._create_shard("someone-else") is False
+    assert path.read_bytes() == b""
+    assert storage._create_shard("fresh") is True
+    assert storage._create_shard("fresh") is False
+    assert not list(path.parent.glob("*.partial"))
+
+
+def test_engines_of_old_runs_are_closed(home: Path) -> None:
+    instance = DagsterInstance.get()
+    storage = instance.event_log_storage
+    assert isinstance(storage, EventLogStorage)
+    runs = [JOB.execute_in_process(instance=instance).run_id for _ in range(3)]
+    for run_id in runs:
+        assert len(instance.all_logs(run_id)) > 0
+    for index in range(MAX_SHARD_ENGINES + 5):
+        storage._shard_engine(f"run-{index}")
+    assert len(storage._engines) == MAX_SHARD_ENGINES + 1  # and the index's
+    assert "index" in storage._engines
+    instance.dispose()
+    assert not storage._engines
+
+
+def test_wipe_closes_connections_before_deleting_databases(home: Path) -> None:
+    instance = DagsterInstance.get()
+    run_id = JOB.execute_in_process(instance=instance).run_id
+    instance.wipe()
+    assert not (home / "history" / "runs" / f"{run_id}.db").exists()
+    assert instance.get_runs() == []
+    assert JOB.execute_in_process(instance=instance).success
+
+
+def test_an_earlier_genoflow_dagster_yaml_is_brought_up_to_date(tmp_path: Path) -> None:
+    settings = Settings.from_env({"GENOFLOW_HOME": str(tmp_path)})
+    settings.dagster_home.mkdir(parents=True)
+    config = settings.dagster_home / "dagster.yaml"
+    config.write_text(
+        "# Written by genoflow for the embedded single-machine instance (SQLite storage).\n"
+        "telemetry:\n  enabled: false\n"
+    )
+    settings.ensure_dagster_home()
+    assert config.read_text() == dagster_yaml(settings.dagster_home)
+    assert not list(settings.dagster_home.glob(".dagster.yaml.*"))
+
+
+def test_a_users_own_dagster_yaml_is_left_alone(tmp_path: Path) -> None:
+    settings = Settings.from_env({"GENOFLOW_HOME": str(tmp_path)})
+    settings.dagster_home.mkdir(parents=True)
+    config = settings.dagster_home / "dagster.yaml"
+    config.write_text("telemetry:\n  enabled: false\n")
+    settings.ensure_dagster_home()
+    assert config.read_text() == "telemetry:\n  enabled: false\n"
