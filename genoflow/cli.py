@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from genoflow.config import Settings
 from genoflow.errors import GenoflowError, ManifestError
 from genoflow.manifest import Manifest, read_manifests
+from genoflow.outcome import Outcome
 from genoflow.pipeline import CHAINS
 from genoflow.report import print_errors, print_status, print_summary, status_records
 
@@ -89,15 +91,16 @@ def load_manifests(paths: Sequence[Path]) -> tuple[Manifest, list[str]]:
 
 
 def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bool) -> int:
-    """Register the manifests' sources and materialize every family chain for every md5."""
-    from tqdm import tqdm
+    """Register the manifests' sources and materialize every family chain for every md5.
 
-    from genoflow import runner
+    Chains the embedded instance's run history and the local cache prove up to date are
+    reported ``cached`` without starting Dagster at all; only the rest go through it.
+    """
+    from genoflow.run_history import recorded_up_to_date
     from genoflow.storage.cache import Cache
     from genoflow.storage.node import open_node
     from genoflow.storage.registry import Registry
 
-    runner.quiet_warnings()
     manifest, problems = load_manifests(paths)
     print_errors(problems)
     registry = Registry(settings.registry_target)
@@ -108,20 +111,35 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
         node.dm.reclaim_pending()  # copies left half-written by killed runs
     sources = manifest.sources()
     work = [(md5, rows[0].family) for md5, rows in sources.items()]
+    done = recorded_up_to_date(settings.dagster_home, cache.lookup, work)
+    todo = [item for item in work if item not in done]
+    ran = _run_through_dagster(todo, settings, cache.lookup, jobs) if todo else {}
+    by_item = {**done, **ran}
+    outcomes = [by_item[item] for item in work]
+    print_summary(sources, outcomes, as_json=as_json)
+    failed = bool(problems) or not all(outcome.ok for outcome in outcomes)
+    return 1 if failed else 0
+
+
+def _run_through_dagster(
+    work: list[tuple[str, str]], settings: Settings, lookup: Callable[[Any], Any], jobs: int
+) -> dict[tuple[str, str], Outcome]:
+    """Add the md5s as partitions and run every chain the instance does not show up to date."""
+    from tqdm import tqdm
+
+    from genoflow import runner
+
+    runner.quiet_warnings()
     instance = runner.open_instance(settings)
     by_family: dict[str, list[str]] = {family: [] for family in CHAINS}
     for md5, family in work:
         by_family[family].append(md5)
     runner.add_partitions(instance, by_family)
-    done = runner.up_to_date(instance, cache.lookup, work)
+    done = runner.up_to_date(instance, lookup, work)
     todo = [item for item in work if item not in done]
     with tqdm(total=len(todo), desc="genoflow", unit="file", disable=None, file=sys.stderr) as bar:
         ran = runner.run_all(todo, settings=settings, jobs=jobs, on_done=lambda _: bar.update())
-    by_item = {**done, **{(o.md5, o.family): o for o in ran}}
-    outcomes = [by_item[item] for item in work]
-    print_summary(sources, outcomes, as_json=as_json)
-    failed = bool(problems) or not all(outcome.ok for outcome in outcomes)
-    return 1 if failed else 0
+    return {**done, **{(o.md5, o.family): o for o in ran}}
 
 
 def cmd_status(select: Sequence[str], settings: Settings, *, as_json: bool) -> int:

@@ -7,9 +7,9 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
+from genoflow.pipeline import job_name
 
-def job_name(family: str) -> str:
-    return f"{family}_chain"
+__all__ = ["family_job", "job_name"]
 
 
 def family_job(family: str) -> UnresolvedAssetJobDefinition:

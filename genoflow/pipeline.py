@@ -55,6 +55,16 @@ def version_of(family: str, asset: str) -> str:
     return module.SORT_VERSION if asset == "sorted" else module.INDEX_VERSION
 
 
+def job_name(family: str) -> str:
+    """The Dagster job that builds a family's whole chain for one md5."""
+    return f"{family}_chain"
+
+
+def chain_version(family: str) -> str:
+    """The code versions of a family's chain, e.g. ``source1.sorted1.index1``."""
+    return ".".join(f"{asset}{version_of(family, asset)}" for asset in CHAINS[family])
+
+
 def key_for(family: str, md5: str, asset: str) -> ArtifactKey:
     return ArtifactKey(family, md5, asset, version_of(family, asset))
 

@@ -15,7 +15,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import filelock
@@ -25,36 +24,19 @@ from dagster._utils.error import SerializableErrorInfo
 
 from genoflow.config import Settings
 from genoflow.errors import GenoflowError
+from genoflow.outcome import Outcome
 from genoflow.partitions import PARTITIONS
-from genoflow.pipeline import CHAINS
+from genoflow.pipeline import CHAINS, chain_version, job_name
+from genoflow.run_history import CHAIN_TAG, chains_up_to_date
 from genoflow.storage.replicas import local_owner_gone, owner_id
 
 LAUNCHED_BY = "genoflow/launched_by"
 # host:pid of the process executing the run in process; a run left STARTED by a dead one is failed.
 OWNER = "genoflow/owner"
-# The code versions of the whole chain a run built (``sensors.chain_version``).
-CHAIN = "genoflow/chain"
+# The code versions of the whole chain a run built (``pipeline.chain_version``).
+CHAIN = CHAIN_TAG
 # Failures reach the user through the summary; the run keeps every event in the instance.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-
-
-@dataclass
-class Outcome:
-    """What happened to one source md5 in one ``genoflow run``."""
-
-    md5: str
-    family: str
-    # built | cached | transferred | failed | skipped
-    assets: dict[str, str] = field(default_factory=dict)
-    checks: dict[str, bool] = field(default_factory=dict)
-    error: str | None = None
-    seconds: float = 0.0
-    run_id: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        done = ("built", "cached", "transferred")
-        return self.error is None and all(s in done for s in self.assets.values())
 
 
 def quiet_warnings() -> None:
@@ -72,11 +54,27 @@ def open_instance(settings: Settings) -> DagsterInstance:
     home = settings.ensure_dagster_home()
     os.environ["DAGSTER_HOME"] = str(home)
     with filelock.FileLock(str(home / ".init.lock")):
-        instance = DagsterInstance.get()
+        instance = process_instance()
         instance.get_runs(limit=1)
         instance.get_dynamic_partitions(PARTITIONS["passthrough"].name)
         instance.all_instigator_state()
         fail_abandoned_runs(instance)
+    return instance
+
+
+_INSTANCES: dict[str, DagsterInstance] = {}
+
+
+def process_instance() -> DagsterInstance:
+    """This process's instance of ``$DAGSTER_HOME``, opened once and kept.
+
+    Opening an instance reads ``dagster.yaml`` and builds every storage; keeping it also keeps
+    the storages' database engines (genoflow/dagster_storage.py) from one run to the next.
+    """
+    home = os.environ.get("DAGSTER_HOME", "")
+    instance = _INSTANCES.get(home)
+    if instance is None:
+        instance = _INSTANCES[home] = DagsterInstance.get()
     return instance
 
 
@@ -114,12 +112,8 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
 def up_to_date(
     instance: DagsterInstance, lookup: Callable[[Any], Any], work: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], Outcome]:
-    """The chains with nothing left to do, as ``cached`` outcomes, without launching a run.
-
-    A chain is up to date when a whole-chain run of its current code versions succeeded for
-    that md5 (so every step and blocking check passed) and every one of its artifacts is still
-    in this node's cache, whole by its marker and sizes (``lookup``). Anything less (another
-    version, a failed or partial run, an artifact only on a replica) runs as usual.
+    """The chains with nothing left to do (:func:`run_history.chains_up_to_date`), as
+    ``cached`` outcomes, from the successful runs the instance reports through Dagster's API.
 
     Args:
         instance: the Dagster instance.
@@ -129,12 +123,8 @@ def up_to_date(
     from dagster import DagsterRunStatus, RunsFilter
     from dagster._core.storage.tags import PARTITION_NAME_TAG
 
-    from genoflow.jobs import job_name
-    from genoflow.pipeline import key_for
-    from genoflow.sensors import chain_version
-
     work = list(work)
-    succeeded: dict[str, dict[str, str]] = {}
+    succeeded: dict[tuple[str, str], str] = {}
     for family in {family for _, family in work}:
         runs = instance.get_runs(
             RunsFilter(
@@ -143,20 +133,9 @@ def up_to_date(
                 tags={CHAIN: chain_version(family)},
             )
         )
-        # Newest first: the latest run of each partition wins.
-        by_md5 = succeeded.setdefault(family, {})
-        for run in runs:
-            by_md5.setdefault(run.tags.get(PARTITION_NAME_TAG, ""), run.run_id)
-    done: dict[tuple[str, str], Outcome] = {}
-    for md5, family in work:
-        run_id = succeeded[family].get(md5)
-        if run_id is None:
-            continue
-        if all(lookup(key_for(family, md5, asset)) is not None for asset in CHAINS[family]):
-            outcome = Outcome(md5, family, dict.fromkeys(CHAINS[family], "cached"))
-            outcome.run_id = run_id
-            done[md5, family] = outcome
-    return done
+        for run in runs:  # newest first: the latest run of each partition wins
+            succeeded.setdefault((family, run.tags.get(PARTITION_NAME_TAG, "")), run.run_id)
+    return chains_up_to_date(succeeded, lookup, work)
 
 
 def add_partitions(instance: DagsterInstance, by_family: dict[str, list[str]]) -> int:
@@ -175,8 +154,6 @@ def add_partitions(instance: DagsterInstance, by_family: dict[str, list[str]]) -
 def run_one(md5: str, family: str) -> Outcome:
     """Materialize one family chain for one md5 in this process; never raises for bad data."""
     from genoflow.definitions import defs
-    from genoflow.jobs import job_name
-    from genoflow.sensors import chain_version
 
     quiet_warnings()
     started = time.perf_counter()
@@ -185,7 +162,7 @@ def run_one(md5: str, family: str) -> Outcome:
     try:
         result = job.execute_in_process(
             partition_key=md5,
-            instance=DagsterInstance.get(),
+            instance=process_instance(),
             raise_on_error=False,
             run_config=_QUIET,
             tags={LAUNCHED_BY: "genoflow run", OWNER: owner_id(), CHAIN: chain_version(family)},

@@ -23,7 +23,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 
 from genoflow.backfill import Pending, plan
-from genoflow.sensors import chain_version
+from genoflow.pipeline import chain_version
 
 # One answer of 10,000 run requests is ~7 MB and ~1 s; 100,000 would be ~66 MB, near the
 # 100 MB that Dagster's gRPC allows a code server's answer.

@@ -43,7 +43,7 @@ from genoflow.jobs import job_name
 from genoflow.manifest import ManifestRow, RowError
 from genoflow.manifest_diff import ChangedRead, SidecarStore, read_changed
 from genoflow.partitions import PARTITIONS
-from genoflow.pipeline import CHAINS, version_of
+from genoflow.pipeline import CHAINS, chain_version
 from genoflow.resources import GenoflowResource
 from genoflow.storage.gcs import gs_md5
 from genoflow.storage.registry import Registry
@@ -57,11 +57,6 @@ MAX_LOGGED_ROW_ERRORS = 200  # per tick; the rest are counted, so a broken expor
 MAX_NEW_PER_TICK = 10_000
 # Up to this many md5s, ask the instance about them alone rather than list whole families.
 _FEW_MD5S = 1_000
-
-
-def chain_version(family: str) -> str:
-    """The code versions of a family's chain, e.g. ``source1.sorted1.index1``."""
-    return ".".join(f"{asset}{version_of(family, asset)}" for asset in CHAINS[family])
 
 
 def run_key(family: str, md5: str) -> str:

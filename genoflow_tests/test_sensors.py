@@ -16,9 +16,9 @@ from genoflow.jobs import family_job
 from genoflow.manifest import read_manifest
 from genoflow.manifest_diff import HandledLines, SidecarStore, read_changed
 from genoflow.partitions import PARTITIONS
-from genoflow.pipeline import CHAINS
+from genoflow.pipeline import CHAINS, chain_version
 from genoflow.resources import GenoflowResource
-from genoflow.sensors import chain_version, evaluate, manifest_sensor, run_key
+from genoflow.sensors import evaluate, manifest_sensor, run_key
 from genoflow.storage.registry import Registry
 from genoflow.watch import LocalManifests, ManifestCursor, scan
 
