@@ -5,13 +5,15 @@ under ``benchmarks/work/pipeline/``, deleted afterwards, with the same memory ca
 engine as the processor comparison. Nothing here calls genoflow in process: every number is a
 ``genoflow run`` child measured by :func:`measure.measure`.
 
-- **cache hit**: ``genoflow run`` on a manifest of the three large inputs, twice. The second
-  run must report every asset ``cached``, leave every artifact file untouched (same inode,
-  size and mtime: zero bytes re-sorted) and take a small fraction of the first.
+- **cache hit**: ``genoflow run`` twice on a manifest of the large inputs (the BED one is the
+  ~1 GB input of the memory check, so the manifest holds over 1 GB). The second run must report
+  every asset ``cached``, leave every artifact file untouched (same inode, size and mtime: zero
+  bytes re-sorted) and take at most 2 % of the first.
 - **small files**: ``genoflow run --jobs J`` on N small BED files (a few hundred records each,
-  each its own md5). The per-file cost beyond the processors is Dagster's: the median of each
-  source's run seconds (as ``genoflow run --json`` reports them) minus the median seconds the
-  processors alone take on one of those files, measured in a child process.
+  each its own md5). Dagster's cost per file is the run's wall time beyond the sum of the
+  processors' own times (sort + index of each file, measured alone in a warm child process),
+  divided by N; each source's own run seconds (``genoflow run --json``) are shown too, though
+  with J runs sharing the cores they count the waits for each other.
 """
 
 from __future__ import annotations
@@ -124,7 +126,10 @@ def artifact_files(home: Path) -> dict[str, tuple[int, int, int]]:
 
 def cache_hit(args: argparse.Namespace, ensure_input: object) -> CacheHit:
     """Build a manifest of the large inputs cold, then run it again."""
-    sources = [(ensure_input(family, scale=args.scale), FORMAT[family]) for family in args.families]
+    scales = {family: args.scale for family in args.families}
+    if args.peak_family in scales:  # its large input: the manifest holds over 1 GB
+        scales[args.peak_family] = args.peak_scale
+    sources = [(ensure_input(family, scale=scales[family]), FORMAT[family]) for family in scales]
     size = sum(src.stat().st_size for src, _ in sources) / 1e6
     result = CacheHit(f"{len(sources)} sources ({', '.join(args.families)}), {size:.0f} MB")
     folder = WORK / "cache-hit"
@@ -249,17 +254,19 @@ def small_section(small: SmallFiles | None) -> str:
         return ""
     if small.error:
         return f"## Many small files\n\nfailed: {small.error}\n\n"
-    overhead = small.run_seconds - small.processor_seconds
+    processors = small.processor_seconds * small.files
+    overhead = (small.wall - processors) / small.files
     verdict = "yes" if overhead <= 1.0 else "**no**"
     return (
         f"## Many small files\n\n`genoflow run --jobs {small.jobs}` of {small.files} BED "
-        "files of 300 records each (each its own source) into a fresh home.\n\n"
-        "| files | jobs | wall s | CPU s | wall s per file | median run s per file "
-        "| processors alone s per file | overhead s per file | within 1 s |\n"
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
+        "files of 300 records each (each its own source) into a fresh home. Overhead per file = "
+        "(wall − the processors' own seconds summed over the files) / files.\n\n"
+        "| files | jobs | wall s | CPU s | processors alone s per file | overhead s per file "
+        "| within 1 s | median run s per file |\n"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n"
         f"| {small.files} | {small.jobs} | {small.wall:.1f} | {small.cpu:.1f} "
-        f"| {small.wall / small.files:.2f} | {small.run_seconds:.2f} "
-        f"| {small.processor_seconds:.2f} | {overhead:.2f} | {verdict} |\n\n"
+        f"| {small.processor_seconds:.3f} | {overhead:.2f} | {verdict} "
+        f"| {small.run_seconds:.2f} |\n\n"
     )
 
 
