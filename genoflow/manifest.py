@@ -157,7 +157,7 @@ def read_manifests(
         manifests.append(manifest)
         folder = base or Path(os.path.abspath(manifest)).parent
         for line, fields in records:
-            outcome = _validate(
+            outcome = validate_record(
                 fields, manifest=manifest, line=line, base=folder, lookup=md5_lookup
             )
             (rows if isinstance(outcome, ManifestRow) else errors).append(outcome)
@@ -237,7 +237,7 @@ def _lookup_md5(uri: str, lookup: Md5Lookup | None) -> tuple[str, str | None]:
     return found.lower(), None
 
 
-def _validate(
+def validate_record(
     fields: dict[str, str] | str,
     *,
     manifest: Path,
@@ -245,6 +245,8 @@ def _validate(
     base: Path | str,
     lookup: Md5Lookup | None = None,
 ) -> ManifestRow | RowError:
+    """One manifest record (its fields, or the reason it could not be split) as a row or an
+    error at ``manifest:line``; ``base`` resolves relative uris."""
     if isinstance(fields, str):
         return RowError(manifest, line, fields)
     values = {column: value.strip() for column, value in fields.items()}

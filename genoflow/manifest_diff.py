@@ -22,12 +22,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genoflow.manifest import Manifest, ManifestRow, Md5Lookup, RowError, read_manifest
-
-# Private helpers of the manifest readers, reused so a line read alone is parsed and validated
-# exactly as in a whole manifest (genoflow.manifest exposes no single-record validation).
-from genoflow.manifest import _validate as validate_record
-from genoflow.manifest_records import _read_table as parse_table
+from genoflow.manifest import (
+    Manifest,
+    ManifestRow,
+    Md5Lookup,
+    RowError,
+    read_manifest,
+    validate_record,
+)
+from genoflow.manifest_records import parse_table
 
 _VERSION = 1
 RowKey = Sequence[str]  # name, md5, format: what rows are checked against each other by

@@ -55,7 +55,7 @@ def load_records(path: Path) -> list[Record]:
         ) from None
     if path.suffix.lower() == ".json":
         return _read_json(text, path)
-    return _read_table(text, path)
+    return parse_table(text, path)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -134,7 +134,8 @@ def _delimiter(path: Path, text: str) -> str:
     return "\t"
 
 
-def _read_table(text: str, path: Path) -> list[Record]:
+def parse_table(text: str, path: Path) -> list[Record]:
+    """The records of a CSV/TSV manifest's text (delimiter from ``path``'s suffix or the text)."""
     lines = _Lines(text)
     reader = csv.reader(lines, delimiter=_delimiter(path, text), strict=True)
     header: list[str] | None = None
