@@ -60,13 +60,8 @@ def _engine(conn_string: str, timeout: float) -> Engine:
     return engine
 
 
-class RunStorage(SqliteRunStorage):
-    """Dagster's SQLite run storage (``history/runs.db``), one pooled engine a process."""
-
-    def __init__(self, conn_string: str, inst_data: ConfigurableClassData | None = None):
-        super().__init__(conn_string, inst_data)
-        # sqlite3's own default busy timeout, as Dagster's run storage uses.
-        self._engine = _engine(conn_string, timeout=5.0)
+class _InFolder:
+    """Configured by ``base_dir``, as Dagster's SQLite storages are."""
 
     @classmethod
     def config_type(cls) -> Mapping[str, Any]:
@@ -75,8 +70,25 @@ class RunStorage(SqliteRunStorage):
     @classmethod
     def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> RunStorage:
-        return cls.from_local(config_value["base_dir"], inst_data=inst_data)
+    ) -> Any:
+        return cls.in_folder(config_value["base_dir"], inst_data)
+
+    @classmethod
+    def in_folder(cls, base_dir: str, inst_data: ConfigurableClassData | None) -> Any:
+        raise NotImplementedError
+
+
+class RunStorage(_InFolder, SqliteRunStorage):
+    """Dagster's SQLite run storage (``history/runs.db``), one pooled engine a process."""
+
+    def __init__(self, conn_string: str, inst_data: ConfigurableClassData | None = None):
+        super().__init__(conn_string, inst_data)
+        # sqlite3's own default busy timeout, as Dagster's run storage uses.
+        self._engine = _engine(conn_string, timeout=5.0)
+
+    @classmethod
+    def in_folder(cls, base_dir: str, inst_data: ConfigurableClassData | None) -> RunStorage:
+        return cls.from_local(base_dir, inst_data=inst_data)
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -88,7 +100,7 @@ class RunStorage(SqliteRunStorage):
         super().dispose()
 
 
-class EventLogStorage(SqliteEventLogStorage):
+class EventLogStorage(_InFolder, SqliteEventLogStorage):
     """Dagster's SQLite event log (``history/runs/<run id>.db`` and ``index.db``)."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
@@ -98,14 +110,8 @@ class EventLogStorage(SqliteEventLogStorage):
         super().__init__(base_dir, inst_data)
 
     @classmethod
-    def config_type(cls) -> Mapping[str, Any]:
-        return {"base_dir": StringSource}
-
-    @classmethod
-    def from_config_value(
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> EventLogStorage:
-        return cls(config_value["base_dir"], inst_data)
+    def in_folder(cls, base_dir: str, inst_data: ConfigurableClassData | None) -> EventLogStorage:
+        return cls(base_dir, inst_data)
 
     def _shard_engine(self, shard: str) -> Engine:
         with self._engines_lock:
