@@ -339,12 +339,11 @@ class Padded:
         # before it, which the mask drops.
         rows = self._digits[stop + (len(_FRONT) - width), :width]
         digits = rows - np.uint8(0x30)  # wraps below "0"
-        inside = _RIGHT_ALIGNED[width][widths]
-        if ((digits > 9) & inside).any():
+        digits *= _RIGHT_ALIGNED[width][widths]  # the bytes before each field become 0
+        if digits.max() > 9:
             return None
-        digits *= inside
-        # An elementwise product and a row sum: a matrix product could wake BLAS threads.
-        return (digits * _POWERS[width]).sum(axis=1)
+        # An integer matrix product: numpy's own loop (BLAS serves only floating point).
+        return digits @ _POWERS[width]
 
 
 def scan_header(
