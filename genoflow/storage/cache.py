@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,7 @@ class Cache:
 
     def __init__(self, root: str | Path, *, lock_timeout: float = 3600.0) -> None:
         self.root = Path(root).resolve()
+        self._root = str(self.root)
         self.lock_timeout = lock_timeout
 
     def folder(self, key: ArtifactKey) -> Path:
@@ -117,9 +119,12 @@ class Cache:
 
     def lookup(self, key: ArtifactKey) -> Artifact | None:
         """Return the published artifact for ``key`` when it is present and intact by size."""
-        folder = self.folder(key)
+        # Plain strings until an artifact is found: status looks up 100,000s of keys.
+        folder = os.path.join(self._root, key.relstr)
         try:
-            artifact = Artifact(key, folder, json.loads((folder / MARKER).read_text()))
+            with open(os.path.join(folder, MARKER), "rb") as handle:
+                marker = json.loads(handle.read())
+            artifact = Artifact(key, Path(folder), marker)
             entries = artifact.entries
         except (FileNotFoundError, NotADirectoryError):
             return None
@@ -128,8 +133,11 @@ class Cache:
             # it aside and rebuilds.
             return None
         for entry in entries:
-            path = folder / entry.name
-            if not path.is_file() or path.stat().st_size != entry.size:
+            try:
+                found = os.stat(os.path.join(folder, entry.name))
+            except OSError:
+                return None
+            if not stat.S_ISREG(found.st_mode) or found.st_size != entry.size:
                 return None
         return artifact
 
