@@ -111,9 +111,12 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
         node.dm.reclaim_pending()  # copies left half-written by killed runs
     sources = manifest.sources()
     work = [(md5, rows[0].family) for md5, rows in sources.items()]
-    done = recorded_up_to_date(settings.dagster_home, cache.lookup, work)
+    recorded = recorded_up_to_date(settings.dagster_home, cache.lookup, work)
+    done = recorded or {}
     todo = [item for item in work if item not in done]
-    ran = _run_through_dagster(todo, settings, cache.lookup, jobs) if todo else {}
+    # Dagster is asked which chains are up to date only when the run database could not say.
+    lookup = cache.lookup if recorded is None else None
+    ran = _run_through_dagster(todo, settings, lookup, jobs) if todo else {}
     by_item = {**done, **ran}
     outcomes = [by_item[item] for item in work]
     print_summary(sources, outcomes, as_json=as_json)
@@ -122,9 +125,13 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
 
 
 def _run_through_dagster(
-    work: list[tuple[str, str]], settings: Settings, lookup: Callable[[Any], Any], jobs: int
+    work: list[tuple[str, str]],
+    settings: Settings,
+    lookup: Callable[[Any], Any] | None,
+    jobs: int,
 ) -> dict[tuple[str, str], Outcome]:
-    """Add the md5s as partitions and run every chain the instance does not show up to date."""
+    """Add the md5s as partitions and run their chains; with a cache ``lookup``, first leave
+    out those the instance shows up to date."""
     from tqdm import tqdm
 
     from genoflow import runner
@@ -135,7 +142,7 @@ def _run_through_dagster(
     for md5, family in work:
         by_family[family].append(md5)
     runner.add_partitions(instance, by_family)
-    done = runner.up_to_date(instance, lookup, work)
+    done = {} if lookup is None else runner.up_to_date(instance, lookup, work)
     todo = [item for item in work if item not in done]
     with tqdm(total=len(todo), desc="genoflow", unit="file", disable=None, file=sys.stderr) as bar:
         ran = runner.run_all(todo, settings=settings, jobs=jobs, on_done=lambda _: bar.update())

@@ -21,7 +21,8 @@ from genoflow.config import dagster_yaml
 from genoflow.outcome import Outcome
 from genoflow.pipeline import CHAINS, chain_version, job_name, key_for
 
-# The tag genoflow puts on every run it launches: the code versions of the chain it built.
+# The tag genoflow puts on every run it launches: the code versions of the chain it built
+# (``pipeline.chain_version``).
 CHAIN_TAG = "genoflow/chain"
 
 _QUERY = """
@@ -94,11 +95,11 @@ def chains_up_to_date(
 
 def recorded_up_to_date(
     dagster_home: Path, lookup: Callable[[Any], Any], work: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], Outcome]:
+) -> dict[tuple[str, str], Outcome] | None:
     """:func:`chains_up_to_date` from the embedded instance's run database, without Dagster.
 
-    Empty when that database cannot answer; the caller then asks Dagster about every chain.
+    None when that database cannot answer; the caller then asks Dagster (``runner.up_to_date``).
     """
     work = list(work)
     succeeded = successful_chain_runs(dagster_home, {family for _, family in work})
-    return chains_up_to_date(succeeded or {}, lookup, work)
+    return None if succeeded is None else chains_up_to_date(succeeded, lookup, work)

@@ -33,8 +33,6 @@ from genoflow.storage.replicas import local_owner_gone, owner_id
 LAUNCHED_BY = "genoflow/launched_by"
 # host:pid of the process executing the run in process; a run left STARTED by a dead one is failed.
 OWNER = "genoflow/owner"
-# The code versions of the whole chain a run built (``pipeline.chain_version``).
-CHAIN = CHAIN_TAG
 # Failures reach the user through the summary; the run keeps every event in the instance.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
@@ -130,7 +128,7 @@ def up_to_date(
             RunsFilter(
                 job_name=job_name(family),
                 statuses=[DagsterRunStatus.SUCCESS],
-                tags={CHAIN: chain_version(family)},
+                tags={CHAIN_TAG: chain_version(family)},
             )
         )
         for run in runs:  # newest first: the latest run of each partition wins
@@ -165,7 +163,7 @@ def run_one(md5: str, family: str) -> Outcome:
             instance=process_instance(),
             raise_on_error=False,
             run_config=_QUIET,
-            tags={LAUNCHED_BY: "genoflow run", OWNER: owner_id(), CHAIN: chain_version(family)},
+            tags={LAUNCHED_BY: "genoflow run", OWNER: owner_id(), CHAIN_TAG: chain_version(family)},
         )
     except DagsterError as exc:
         outcome.error = f"[dagster] {md5}: {exc}"

@@ -127,3 +127,23 @@ def test_a_built_manifest_runs_again_without_starting_dagster(tmp_path) -> None:
 
 def _environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("GENOFLOW_", "DAGSTER_"))}
+
+
+def test_on_an_instance_of_the_users_own_dagster_asks_dagster_and_launches_nothing(
+    tmp_path,
+) -> None:
+    manifest = _small_manifest(tmp_path / "inputs")
+    home = tmp_path / "home"
+    (home / "dagster").mkdir(parents=True)
+    (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    first = run_cli(home, "run", str(manifest), "--json")
+    assert first.returncode == 0, first.stderr
+    assert successful_chain_runs(home / "dagster", ["intervals"]) is None  # not genoflow's yaml
+    again = run_cli(home, "run", str(manifest), "--json")
+    assert again.returncode == 0, again.stderr
+    records = json.loads(again.stdout)
+    assert all(set(r["assets"].values()) == {"cached"} for r in records)
+    assert {r["name"]: r["run_id"] for r in records} == {
+        r["name"]: r["run_id"] for r in json.loads(first.stdout)
+    }
+    assert (home / "dagster" / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
