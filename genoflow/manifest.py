@@ -24,7 +24,7 @@ from pathlib import Path
 
 from genoflow.errors import GenoflowError, ManifestError
 from genoflow.formats import FAMILY, FORMATS, Family, format_from_name, normalize_format
-from genoflow.manifest_records import REQUIRED, load_records
+from genoflow.manifest_records import REQUIRED, Record, load_records
 from genoflow.uris import CONTROL, URI_RESOLVERS, Resolver, resolve_uri, uri_basename
 
 __all__ = [
@@ -115,6 +115,39 @@ def read_manifest(
     return read_manifests([path], md5_lookup=md5_lookup, base=base)
 
 
+def manifest_of_records(
+    path: Path,
+    records: Iterable[Record],
+    *,
+    md5_lookup: Md5Lookup | None = None,
+    base: str | None = None,
+) -> Manifest:
+    """One manifest from records already parsed from it, validated as :func:`read_manifest`
+    validates them (conflicts across its rows included)."""
+    rows, errors = validate_records(path, records, md5_lookup=md5_lookup, base=base)
+    rows, conflicts = _cross_check(rows)
+    errors = sorted([*errors, *conflicts], key=lambda error: error.line)
+    return Manifest(paths=[path], rows=rows, errors=errors)
+
+
+def validate_records(
+    path: Path,
+    records: Iterable[Record],
+    *,
+    md5_lookup: Md5Lookup | None = None,
+    base: str | None = None,
+) -> tuple[list[ManifestRow], list[RowError]]:
+    """Each record of the manifest ``path`` as a row or an error (nothing across rows);
+    relative uris resolve against ``base``, else the manifest's folder."""
+    folder = base or Path(os.path.abspath(path)).parent
+    rows: list[ManifestRow] = []
+    errors: list[RowError] = []
+    for line, fields in records:
+        outcome = validate_record(fields, manifest=path, line=line, base=folder, lookup=md5_lookup)
+        (rows if isinstance(outcome, ManifestRow) else errors).append(outcome)
+    return rows, errors
+
+
 def read_manifests(
     paths: Iterable[str | Path],
     *,
@@ -155,12 +188,9 @@ def read_manifests(
             unreadable.append(exc)
             continue
         manifests.append(manifest)
-        folder = base or Path(os.path.abspath(manifest)).parent
-        for line, fields in records:
-            outcome = validate_record(
-                fields, manifest=manifest, line=line, base=folder, lookup=md5_lookup
-            )
-            (rows if isinstance(outcome, ManifestRow) else errors).append(outcome)
+        valid, invalid = validate_records(manifest, records, md5_lookup=md5_lookup, base=base)
+        rows.extend(valid)
+        errors.extend(invalid)
     rows, conflicts = _cross_check(rows)
     order = {manifest: index for index, manifest in enumerate(manifests)}
     errors = sorted([*errors, *conflicts], key=lambda error: (order[error.manifest], error.line))
@@ -273,6 +303,16 @@ def validate_record(
         return RowError(manifest, line, "; ".join(problem for problem in problems if problem))
     extra = {column: value for column, value in values.items() if column not in _KNOWN}
     return ManifestRow(manifest, line, name, resolved, md5, fmt, FAMILY[fmt], size, extra)
+
+
+def conflicts(keys: Iterable[tuple[str, str, str]]) -> bool:
+    """Whether :func:`_cross_check` would drop any of rows with these (name, md5, format)."""
+    md5_of: dict[str, str] = {}
+    format_of: dict[str, str] = {}
+    for name, md5, fmt in keys:
+        if md5_of.setdefault(name, md5) != md5 or format_of.setdefault(md5, fmt) != fmt:
+            return True
+    return False
 
 
 def _cross_check(rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[RowError]]:

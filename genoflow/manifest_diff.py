@@ -26,9 +26,10 @@ from genoflow.manifest import (
     Manifest,
     ManifestRow,
     Md5Lookup,
-    RowError,
+    conflicts,
+    manifest_of_records,
     read_manifest,
-    validate_record,
+    validate_records,
 )
 from genoflow.manifest_records import parse_table
 
@@ -176,7 +177,11 @@ def read_changed(
             read = _read_new_lines(path, lines, header, previous, md5_lookup, folder)
             if read is not None:
                 return read
-    manifest = read_manifest(path, md5_lookup=md5_lookup, base=base)
+    if lines is None:  # JSON, quotes, or unreadable: the reader says what is wrong
+        manifest = read_manifest(path, md5_lookup=md5_lookup, base=base)
+    else:  # the text is read already
+        records = parse_table("".join(lines), path)
+        manifest = manifest_of_records(path, records, md5_lookup=md5_lookup, base=base)
     return ChangedRead(manifest, False, lines, str(folder))
 
 
@@ -221,28 +226,12 @@ def _read_new_lines(
             handled[digest] = key
             kept.append(key)
             masked.append("\n")
-    rows: list[ManifestRow] = []
-    errors: list[RowError] = []
-    for number, fields in parse_table("".join(masked), path):
-        outcome = validate_record(
-            fields, manifest=path, line=number, base=folder, lookup=md5_lookup
-        )
-        (rows if isinstance(outcome, ManifestRow) else errors).append(outcome)
-    if _conflicts([*kept, *((row.name, row.md5, row.format) for row in rows)]):
+    records = parse_table("".join(masked), path)
+    rows, errors = validate_records(path, records, md5_lookup=md5_lookup, base=str(folder))
+    if conflicts([*kept, *((row.name, row.md5, row.format) for row in rows)]):
         return None  # which rows a conflict drops is the full read's call
-    errors.sort(key=lambda error: error.line)
     manifest = Manifest(paths=[path], rows=rows, errors=errors)
     return ChangedRead(manifest, True, lines, str(folder), handled)
-
-
-def _conflicts(keys: list[RowKey]) -> bool:
-    """Whether a name has two md5s, or an md5 two formats (the full read drops such rows)."""
-    md5_of: dict[str, str] = {}
-    format_of: dict[str, str] = {}
-    for name, md5, fmt in keys:
-        if md5_of.setdefault(name, md5) != md5 or format_of.setdefault(md5, fmt) != fmt:
-            return True
-    return False
 
 
 def _handled(
