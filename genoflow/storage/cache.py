@@ -115,12 +115,12 @@ class Cache:
         self.lock_timeout = lock_timeout
 
     def folder(self, key: ArtifactKey) -> Path:
-        return self.root / key.relpath
+        return Path(os.path.join(self._root, key.relstr))
 
     def lookup(self, key: ArtifactKey) -> Artifact | None:
         """Return the published artifact for ``key`` when it is present and intact by size."""
         # Plain strings until an artifact is found: status looks up 100,000s of keys.
-        folder = os.path.join(self._root, key.relstr)
+        folder = os.path.join(self._root, key.relstr)  # self.folder(key), as a string
         try:
             with open(os.path.join(folder, MARKER), "rb") as handle:
                 marker = json.loads(handle.read())

@@ -88,7 +88,7 @@ class Node:
     def obtain(self, key: ArtifactKey) -> Artifact | None:
         """The artifact in this node's cache, transferring it from a replica when needed."""
         found = self.cache.lookup(key)
-        relpath = str(key.relpath)
+        relpath = key.relstr
         if found is not None:
             return found
         if not self.dm.get_data_locations(relpath):
@@ -106,7 +106,7 @@ class Node:
 
     def register(self, artifact: Artifact) -> None:
         """Record the local copy and make sure every replica location holds one too."""
-        relpath = str(artifact.key.relpath)
+        relpath = artifact.key.relstr
         mine = self.dm.get_data_locations(relpath, location=self.local.name)
         if not mine:
             self.dm.register_path(self.local, relpath, relpath, DataType.PRIMARY)
@@ -115,7 +115,7 @@ class Node:
                 self.dm.transfer_data(self.local, relpath, [location], relpath)
 
     def replicas_of(self, key: ArtifactKey) -> list[Replica]:
-        return self.dm.get_data_locations(str(key.relpath))
+        return self.dm.get_data_locations(key.relstr)
 
     def verify_all(self, *, repair: bool, full: bool = True) -> list[RepairOutcome]:
         """Verify every registered replica reachable from here; invalidate bad ones.
