@@ -1,25 +1,65 @@
-"""Partitioned asset checks: each artifact proves itself by re-reading what was published."""
+"""Partitioned asset checks: each artifact proves itself by re-reading what was published.
+
+Invariant: a check always answers with an evaluation when genoflow can say why it fails. A
+:class:`~genoflow.errors.GenoflowError` while re-reading (a file that no longer reads, a region
+query htslib refuses) is a failed evaluation, never a crashed step with no verdict. A failed
+evaluation carries ``problem`` (what is wrong) and ``error`` (the one-line message the CLI
+prints: ``[check] NAME: ASSET check CHECK failed: PROBLEM — hint``). Every check is blocking:
+nothing is built on an artifact that failed one.
+"""
 
 # No `from __future__ import annotations` here: Dagster reads these annotations at runtime
 # to find the context, resources and inputs of nested asset functions.
 
+from typing import Any
+
 from dagster import AssetCheckResult, AssetChecksDefinition, MetadataValue, asset_check
 
 from genoflow.checksums import md5_file
+from genoflow.errors import GenoflowError, ProcessingError
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import CHAINS, check_order, query_regions
 from genoflow.resources import GenoflowResource
 from genoflow.storage.cache import Artifact
 
+SOURCE_CHECK = "md5_and_size_match_manifest"
+SORTED_CHECK = "records_preserved_and_ordered"
+INDEX_CHECK = "answers_region_queries"
+_HINT = (
+    "the artifact is not trusted and is rebuilt or re-checked on the next run; "
+    "if the same check fails again, report this message"
+)
 
-def family_checks(family: str) -> list[AssetChecksDefinition]:
-    """The checks of one family's chain."""
-    partitions = PARTITIONS[family]
 
+def verdict(
+    artifact: Artifact, check: str, problem: str, metadata: dict[str, Any]
+) -> AssetCheckResult:
+    """A check's evaluation: passed when there is no ``problem``, else failed and explained.
+
+    Args:
+        artifact: the artifact checked.
+        check: the check's name.
+        problem: what is wrong, in a sentence; empty when the check passed.
+        metadata: what the check measured.
+    """
+    metadata = {**metadata, "problem": problem}
+    if problem:
+        name = artifact.marker.get("details", {}).get("names", [artifact.key.md5])[0]
+        error = ProcessingError(
+            f"{artifact.key.asset} check {check} failed: {problem}",
+            file=name,
+            stage="check",
+            hint=_HINT,
+        )
+        metadata["error"] = str(error)
+    return AssetCheckResult(passed=not problem, metadata=metadata)
+
+
+def _source_check(family: str) -> AssetChecksDefinition:
     @asset_check(
         asset=[family, "source"],
-        name="md5_and_size_match_manifest",
-        partitions_def=partitions,
+        name=SOURCE_CHECK,
+        partitions_def=PARTITIONS[family],
         blocking=True,
         description="The staged bytes hash to the partition's md5 and have the size every "
         "manifest row declares.",
@@ -30,58 +70,77 @@ def family_checks(family: str) -> list[AssetChecksDefinition]:
         rows = genoflow.registry().rows(source.key.md5)
         declared = sorted({row.size for row in rows if row.size is not None})
         wrong = [f"{row.manifest}:{row.line}" for row in rows if row.size not in (None, size)]
-        return AssetCheckResult(
-            passed=actual == source.key.md5 and not wrong,
-            metadata={
-                "md5": actual,
-                "expected_md5": source.key.md5,
-                "size_bytes": size,
-                "declared_sizes": MetadataValue.json(declared),
-                "rows_with_another_size": MetadataValue.json(wrong),
-            },
-        )
+        problems = []
+        if actual != source.key.md5:
+            problems.append(f"the staged copy hashes to {actual}, not to the source's md5")
+        if wrong:
+            problems.append(f"rows declare another size than {size} bytes: {', '.join(wrong)}")
+        measured = {
+            "md5": actual,
+            "expected_md5": source.key.md5,
+            "size_bytes": size,
+            "declared_sizes": MetadataValue.json(declared),
+            "rows_with_another_size": MetadataValue.json(wrong),
+        }
+        return verdict(source, SOURCE_CHECK, "; ".join(problems), measured)
 
-    if CHAINS[family] == ("source",):
-        return [source_check]
+    return source_check
 
+
+def _sorted_check(family: str) -> AssetChecksDefinition:
     @asset_check(
         asset=[family, "sorted"],
-        name="records_preserved_and_ordered",
-        partitions_def=partitions,
+        name=SORTED_CHECK,
+        partitions_def=PARTITIONS[family],
         blocking=True,
         description="Re-reading the output finds every input record, in sorted order.",
     )
     def sorted_check(sorted: Artifact) -> AssetCheckResult:
-        result = check_order(sorted)
+        try:
+            result = check_order(sorted)
+        except GenoflowError as exc:
+            return verdict(sorted, SORTED_CHECK, exc.message, {})
         expected = sorted.marker["details"]["records_in"]
-        return AssetCheckResult(
-            passed=result.ordered and result.records == expected,
-            metadata={
-                "records": result.records,
-                "records_in": expected,
-                "ordered": result.ordered,
-                "problem": result.problem or "",
-            },
-        )
+        problem = ""
+        if not result.ordered:
+            problem = result.problem or "not in sorted order"
+        elif result.records != expected:
+            problem = f"re-reading found {result.records} records, the build wrote {expected}"
+        measured = {"records": result.records, "records_in": expected, "ordered": result.ordered}
+        return verdict(sorted, SORTED_CHECK, problem, measured)
 
+    return sorted_check
+
+
+def _index_check(family: str) -> AssetChecksDefinition:
     @asset_check(
         asset=[family, "index"],
-        name="answers_region_queries",
-        partitions_def=partitions,
+        name=INDEX_CHECK,
+        partitions_def=PARTITIONS[family],
         blocking=True,
         description="A region query per contig through the index finds every record.",
     )
     def index_check(index: Artifact) -> AssetCheckResult:
-        counts = query_regions(index)
+        try:
+            counts = query_regions(index)
+        except GenoflowError as exc:
+            return verdict(index, INDEX_CHECK, exc.message, {})
         expected = index.marker["details"]["records_out"]
-        return AssetCheckResult(
-            passed=sum(counts.values()) == expected,
-            metadata={
-                "records": expected,
-                "records_found": sum(counts.values()),
-                "contigs_queried": len(counts),
-                "per_contig": MetadataValue.json(counts),
-            },
-        )
+        found = sum(counts.values())
+        problem = "" if found == expected else f"region queries found {found} of {expected} records"
+        measured = {
+            "records": expected,
+            "records_found": found,
+            "contigs_queried": len(counts),
+            "per_contig": MetadataValue.json(counts),
+        }
+        return verdict(index, INDEX_CHECK, problem, measured)
 
-    return [source_check, sorted_check, index_check]
+    return index_check
+
+
+def family_checks(family: str) -> list[AssetChecksDefinition]:
+    """The checks of one family's chain."""
+    if CHAINS[family] == ("source",):
+        return [_source_check(family)]
+    return [_source_check(family), _sorted_check(family), _index_check(family)]

@@ -2,6 +2,8 @@
 
 Invariant: nothing here writes a file; a BAM that cannot be read is a
 :class:`~genoflow.errors.ProcessingError` naming the file and the stage, never a wrong answer.
+Region queries name a contig by its id (tid), never by a region string: names may hold ``:``
+and ``-`` (``chr1:100-200``, ``HLA-A*01:01:01:01``), which htslib would read as a range.
 """
 
 from __future__ import annotations
@@ -72,12 +74,18 @@ def query_index(folder_or_bam: str | Path, *, name: str) -> dict[str, int]:
     path = Path(folder_or_bam)
     bam = path / "sorted.bam" if path.is_dir() else path
     try:
-        with pysam.AlignmentFile(str(bam), "rb") as handle:
+        # check_sq=False: an unaligned BAM (no @SQ, every read unmapped) is valid; its reads
+        # are all counted under "*".
+        with pysam.AlignmentFile(str(bam), "rb", check_sq=False) as handle:
             if not handle.has_index():
                 missing = f"{bam.name} has no .bai or .csi index next to it"
                 raise ProcessingError(missing, file=name, stage="query", hint="index it first")
-            counts = {contig: handle.count(contig=contig) for contig in handle.references}
-            counts["*"] = handle.count(contig="*")
+            counts = {
+                contig: sum(1 for _ in handle.fetch(tid=tid))
+                for tid, contig in enumerate(handle.references)
+            }
+            # "*" is not a name but htslib's HTS_IDX_NOCOOR: the reads placed on no contig.
+            counts["*"] = sum(1 for _ in handle.fetch(contig="*"))
     except (OSError, ValueError) as error:
         raise ProcessingError(f"region query failed: {error}", file=name, stage="query") from error
     return counts

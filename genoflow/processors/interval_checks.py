@@ -1,7 +1,9 @@
 """Order checks and region queries of sorted BGZF interval files: they only read.
 
 Invariant: nothing here writes a file; every failure to read is a
-:class:`~genoflow.errors.ProcessingError` naming the file and the stage.
+:class:`~genoflow.errors.ProcessingError` naming the file and the stage. A region query names
+its contig through :func:`contig_region`, never raw: contig names may hold ``:`` and ``-``
+(``chr1:100-200``, ``HLA-A*01:01:01:01``), which htslib would otherwise read as a range.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from genoflow.processors.chunks import (
 from genoflow.processors.order import OrderCheck
 from genoflow.processors.records import FormatSpec, LineSource, RecordReader, spec_for
 
-__all__ = ["check_sorted", "query_index"]
+__all__ = ["check_sorted", "contig_region", "query_index"]
 
 
 def check_sorted(gz: str | Path, *, fmt: str, name: str) -> SortCheck:
@@ -133,9 +135,39 @@ def query_index(folder_or_gz: str | Path, *, fmt: str, name: str) -> dict[str, i
     try:
         # latin-1 decodes any byte: only the number of records matters here.
         with pysam.TabixFile(str(gz), index=str(index), encoding="latin-1") as tabix:
-            return {contig: sum(1 for _ in tabix.fetch(contig)) for contig in tabix.contigs}
+            return {
+                contig: sum(1 for _ in tabix.fetch(region=contig_region(contig, name=name)))
+                for contig in tabix.contigs
+            }
     except (OSError, ValueError) as exc:
         raise ProcessingError(f"region query failed: {exc}", file=name, stage="query") from exc
+
+
+def contig_region(contig: str, *, name: str) -> str:
+    """The htslib region string that means the whole of ``contig``, whatever its name holds.
+
+    htslib reads ``chr1:100-200`` as a range of ``chr1`` when both names exist ("Range is
+    ambiguous"); ``{chr1:100-200}`` always means the contig. A name holding ``}`` cannot go in
+    braces: ``name:1-`` (from its first base to its end) names it instead.
+
+    Args:
+        contig: the contig's name, exactly as the index lists it.
+        name: the file's user-facing name, used in errors.
+
+    Raises:
+        ProcessingError: stage ``query``, for a name that starts with ``{`` and holds ``}``,
+            which no region string can name.
+    """
+    if "}" not in contig:
+        return f"{{{contig}}}"
+    if not contig.startswith("{"):
+        return f"{contig}:1-"
+    raise ProcessingError(
+        f"contig {contig!r} cannot be named in a region query (it starts with '{{' and holds '}}')",
+        file=name,
+        stage="query",
+        hint="rename the contig without braces and run again",
+    )
 
 
 def _indexed_file(path: Path, spec: FormatSpec, name: str) -> Path:
