@@ -9,12 +9,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from genoflow.config import Settings
+from genoflow.config import ConfigError, Settings
 from genoflow.errors import GenoflowError, ManifestError
 from genoflow.manifest import Manifest, read_manifests
 from genoflow.outcome import Outcome
 from genoflow.pipeline import CHAINS
 from genoflow.report import print_errors, print_status, print_summary, status_records
+
+
+def _jobs(text: str) -> int:
+    """``--jobs``: a whole number of sources at once, at least 1."""
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(
+            f"{jobs} is not allowed: give 1 or more sources processed at once"
+        )
+    return jobs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="stage, sort and index every file of the manifests")
     run.add_argument("manifests", nargs="+", type=Path, help="TSV, CSV or JSON manifests")
-    run.add_argument("--jobs", type=int, default=1, help="sources processed at once (default 1)")
+    run.add_argument("--jobs", type=_jobs, default=1, help="sources processed at once (default 1)")
     run.add_argument("--json", action="store_true", help="print the outcome as JSON")
     status = commands.add_parser("status", help="show the artifacts of registered sources")
     status.add_argument("select", nargs="*", help="names or md5s (default: every source)")
@@ -40,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "--family", action="append", choices=sorted(CHAINS), help="only this family (repeatable)"
     )
     backfill.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
-    backfill.add_argument("--jobs", type=int, default=1, help="sources processed at once")
+    backfill.add_argument("--jobs", type=_jobs, default=1, help="sources processed at once")
     dev = commands.add_parser(
         "dev", help="start the Dagster UI on this project's instance", add_help=False
     )
@@ -58,9 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-    except ValueError as exc:
-        print(f"genoflow: configuration error: {exc}", file=sys.stderr)
+        settings.check_writable()  # before any command creates a folder or a database
+    except ConfigError as exc:
+        print(f"genoflow: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _dispatch(args, settings)
+    except ConfigError as exc:  # found only once a command looks (a foreign dagster.yaml)
+        print(f"genoflow: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
         return cmd_run(args.manifests, settings, jobs=args.jobs, as_json=args.json)
     if args.command == "status":
@@ -137,7 +159,7 @@ def _run_through_dagster(
     from genoflow import runner
 
     runner.quiet_warnings()
-    instance = runner.open_instance(settings)
+    instance = _open_instance(settings)
     by_family: dict[str, list[str]] = {family: [] for family in CHAINS}
     for md5, family in work:
         by_family[family].append(md5)
@@ -147,6 +169,27 @@ def _run_through_dagster(
     with tqdm(total=len(todo), desc="genoflow", unit="file", disable=None, file=sys.stderr) as bar:
         ran = runner.run_all(todo, settings=settings, jobs=jobs, on_done=lambda _: bar.update())
     return {**done, **{(o.md5, o.family): o for o in ran}}
+
+
+def _open_instance(settings: Settings) -> Any:
+    """The Dagster instance of ``settings``; a ``dagster.yaml`` Dagster refuses (bad YAML, a
+    storage class that cannot be imported, a config that fails its schema) is a ConfigError."""
+    import yaml
+    from dagster import DagsterInvalidConfigError
+    from dagster._check import CheckError
+
+    from genoflow import runner
+
+    try:
+        return runner.open_instance(settings)
+    except (yaml.YAMLError, DagsterInvalidConfigError, CheckError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"its dagster.yaml cannot be used: {first}",
+            file=f"DAGSTER_HOME={settings.dagster_home}",
+            hint="fix or remove that dagster.yaml (genoflow writes its own when there is none), "
+            "or point DAGSTER_HOME at another folder",
+        ) from None
 
 
 def cmd_status(select: Sequence[str], settings: Settings, *, as_json: bool) -> int:
@@ -186,7 +229,7 @@ def cmd_backfill(
     from genoflow.backfill import plan, summary_rows
 
     runner.quiet_warnings()
-    pending = plan(runner.open_instance(settings), families)
+    pending = plan(_open_instance(settings), families)
     if not pending:
         print("nothing to backfill: every partition is up to date or already in progress")
         return 0

@@ -1,20 +1,27 @@
 """Settings from the environment, with the defaults of a single machine.
 
-Read only when a command or a run starts — never at import time.
+Read only when a command or a run starts — never at import time. Invariant: a variable that
+holds an unusable value raises :class:`ConfigError` naming the variable, its value (a URL's
+password and query hidden) and what to do; :meth:`Settings.check_writable` refuses a home
+genoflow could not write in, before any command does work.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from genoflow.errors import GenoflowError, redact
 from genoflow.processors.base import parse_memory
 
 DEFAULT_HOME = ".genoflow"
 DEFAULT_SORT_MEMORY = "768M"
+MAX_THREADS = 1024
 
 _GENERATED = "# Written by genoflow for the embedded single-machine instance (SQLite storage).\n"
 
@@ -35,6 +42,18 @@ def dagster_storage_yaml(dagster_home: Path) -> str:
 def dagster_yaml(dagster_home: Path) -> str:
     """The ``dagster.yaml`` of the embedded instance in ``dagster_home``."""
     return _GENERATED + "telemetry:\n  enabled: false\n" + dagster_storage_yaml(dagster_home)
+
+
+class ConfigError(GenoflowError, ValueError):
+    """An environment variable holds a value genoflow cannot use (a ValueError too, as
+    :meth:`Settings.from_env` always raised)."""
+
+    default_stage = "config"
+
+
+def _bad(variable: str, value: str, problem: str, hint: str) -> ConfigError:
+    """``[config] VARIABLE=value: problem — hint`` (the caller hides any secret in value)."""
+    return ConfigError(problem, file=f"{variable}={value}", hint=hint)
 
 
 @dataclass(frozen=True)
@@ -67,32 +86,22 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``GENOFLOW_*`` variables (see the README's configuration table).
 
+        Nothing is created or written: see :meth:`check_writable`.
+
         Raises:
-            ValueError: a variable holds an unusable value.
+            ConfigError: a variable holds an unusable value (a ValueError too).
         """
         env = os.environ if environ is None else environ
-        home = Path(env.get("GENOFLOW_HOME") or DEFAULT_HOME).expanduser().resolve()
-        threads = int(env.get("GENOFLOW_THREADS") or os.cpu_count() or 1)
-        if threads < 1:
-            raise ValueError(f"GENOFLOW_THREADS must be at least 1, got {threads}")
-        memory = parse_memory(env.get("GENOFLOW_SORT_MEMORY") or DEFAULT_SORT_MEMORY)
-        dagster_home = Path(env.get("DAGSTER_HOME") or home / "dagster").expanduser().resolve()
-        replicas = tuple(
-            u.strip() for u in env.get("GENOFLOW_REPLICAS", "").split(",") if u.strip()
-        )
-        for uri in replicas:
-            if not uri.startswith("gs://") or len(uri) <= len("gs://"):
-                raise ValueError(
-                    f"GENOFLOW_REPLICAS entries must be gs://bucket[/prefix], got {uri}"
-                )
+        home = _folder(env, "GENOFLOW_HOME", DEFAULT_HOME)
+        dagster_home = _folder(env, "DAGSTER_HOME", str(home / "dagster"))
         return cls(
             home=home,
-            sort_memory=memory,
-            threads=threads,
+            sort_memory=_sort_memory(env.get("GENOFLOW_SORT_MEMORY") or DEFAULT_SORT_MEMORY),
+            threads=_threads(env.get("GENOFLOW_THREADS")),
             dagster_home=dagster_home,
             deployment=env.get("GENOFLOW_DEPLOYMENT") or "local",
-            replicas=replicas,
-            registry_url=env.get("GENOFLOW_REGISTRY_URL") or None,
+            replicas=_replicas(env.get("GENOFLOW_REPLICAS", "")),
+            registry_url=_registry_url(env.get("GENOFLOW_REGISTRY_URL") or None),
             allowed_roots=_roots(env.get("GENOFLOW_ALLOWED_ROOTS", "")),
         )
 
@@ -143,11 +152,201 @@ class Settings:
             partial.replace(config)
         return self.dagster_home
 
+    def check_writable(self) -> None:
+        """Refuse a home (or Dagster instance folder) genoflow could not write in.
+
+        An existing folder is probed by creating and removing a file in it, which tells a
+        read-only file system, missing permission and a full disk apart; a folder still to be
+        created is judged by the nearest folder that exists. Nothing else is created.
+
+        Raises:
+            ConfigError: naming the variable, the folder and what to do.
+        """
+        inside = self.dagster_home == self.home / "dagster"
+        for variable, folder in (
+            ("GENOFLOW_HOME", self.home),
+            ("GENOFLOW_HOME" if inside else "DAGSTER_HOME", self.dagster_home),
+        ):
+            problem = _unwritable(folder)
+            if problem:
+                raise _bad(variable, str(folder), problem, _WRITABLE_HINTS[variable])
+
+
+_WRITABLE_HINTS = {
+    "GENOFLOW_HOME": "point GENOFLOW_HOME at a folder on a writable file system that this user "
+    "may write in",
+    "DAGSTER_HOME": "point DAGSTER_HOME at a writable folder, or unset it to keep the instance "
+    "in GENOFLOW_HOME/dagster",
+}
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why genoflow could not write in ``folder`` (or create it), or None."""
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if existing == folder:
+        try:
+            handle, probe = tempfile.mkstemp(dir=folder, prefix=".genoflow-write-check.")
+        except OSError as exc:
+            error = exc.errno
+        else:
+            os.close(handle)
+            os.unlink(probe)
+            return None
+    elif os.access(existing, os.W_OK | os.X_OK):
+        return None
+    else:
+        error = errno.EROFS if _read_only(existing) else errno.EACCES
+    where = "is" if existing == folder else f"cannot be created: {existing} is"
+    if error == errno.EROFS:
+        return f"{where} on a read-only file system"
+    if error in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where} on a full disk"
+    return f"{where} not writable by this user (uid {os.getuid()})"
+
+
+def _read_only(folder: Path) -> bool:
+    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+
 
 def _roots(value: str) -> tuple[Path, ...]:
     parts = [part.strip() for chunk in value.split(",") for part in chunk.split(os.pathsep)]
-    roots = tuple(Path(part).expanduser().resolve() for part in parts if part)
+    roots = tuple(_resolve("GENOFLOW_ALLOWED_ROOTS", part) for part in parts if part)
     for root in roots:
         if not root.is_dir():
-            raise ValueError(f"GENOFLOW_ALLOWED_ROOTS names {root}, which is not a folder")
+            raise _bad(
+                "GENOFLOW_ALLOWED_ROOTS",
+                value,
+                f"names {root}, which is not a folder",
+                "list existing folders, separated by ':' or ','",
+            )
     return roots
+
+
+def _resolve(variable: str, value: str) -> Path:
+    try:
+        return Path(value).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # ~nosuchuser, a symlink loop
+        raise _bad(
+            variable, value, f"cannot be resolved ({exc})", "give an absolute path"
+        ) from None
+
+
+def _folder(env: Mapping[str, str], variable: str, default: str) -> Path:
+    """The folder a variable names, resolved; refused when it or a parent is not a folder."""
+    value = env.get(variable) or default
+    path = _resolve(variable, value)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == path else f"lies under {parent}, a file"
+                raise _bad(
+                    variable,
+                    value,
+                    f"{where}, not a folder",
+                    f"point {variable} at a folder (it is created if missing)",
+                )
+            break
+    return path
+
+
+def _threads(value: str | None) -> int:
+    if not value:
+        return os.cpu_count() or 1
+    text = value.strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_THREADS:
+        raise _bad(
+            "GENOFLOW_THREADS",
+            value,
+            f"is not a whole number from 1 to {MAX_THREADS}",
+            f"set it to the cores one build may use (this machine has {os.cpu_count()}), "
+            "or unset it",
+        )
+    return int(text)
+
+
+def _sort_memory(value: str) -> int:
+    try:
+        size = parse_memory(value)
+    except ValueError:
+        raise _bad(
+            "GENOFLOW_SORT_MEMORY",
+            value,
+            "is not a positive memory size",
+            f"use a number of bytes with K, M, G or T, e.g. {DEFAULT_SORT_MEMORY} or 2G",
+        ) from None
+    total = _physical_memory()
+    if total and size > total:
+        raise _bad(
+            "GENOFLOW_SORT_MEMORY",
+            value,
+            f"is more than this machine's {total >> 20} MiB of memory",
+            "set a cap a sort can really have; sorting spills to disk beyond it",
+        )
+    return size
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not every platform says
+        return None
+
+
+def _replicas(value: str) -> tuple[str, ...]:
+    replicas = tuple(uri.strip() for uri in value.split(",") if uri.strip())
+    for uri in replicas:
+        bucket = uri.removeprefix("gs://").split("/", 1)[0]
+        if not uri.startswith("gs://") or not bucket or "?" in uri:
+            raise _bad(
+                "GENOFLOW_REPLICAS",
+                redact(value),
+                f"entry {uri.split('?', 1)[0]!r} is not gs://bucket[/prefix]",
+                "list gs:// prefixes separated by ',', or unset it",
+            )
+    return replicas
+
+
+def _registry_url(value: str | None) -> str | None:
+    """A SQLAlchemy URL whose dialect and driver are installed; a SQLite file's folder must
+    exist (the database itself is created on first use)."""
+    if value is None:
+        return None
+    import sqlalchemy as sa  # here, not at import time: only a set URL needs it
+
+    hint = (
+        "set a SQLAlchemy URL such as postgresql+psycopg2://user@host/genoflow, "
+        "or unset it for the SQLite file in GENOFLOW_HOME"
+    )
+    try:
+        url = sa.engine.make_url(value)
+    except (sa.exc.ArgumentError, ValueError):
+        shown = value.split("://", 1)[0] + "://…" if "://" in value else redact(value)
+        raise _bad("GENOFLOW_REGISTRY_URL", shown, "is not a URL", hint) from None
+    shown = url.render_as_string(hide_password=True).split("?", 1)[0]
+    try:
+        url.get_dialect().import_dbapi()
+    except (sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise _bad(
+            "GENOFLOW_REGISTRY_URL",
+            shown,
+            f"needs a database driver that is not installed ({exc})",
+            hint,
+        ) from None
+    if url.get_backend_name() == "sqlite":
+        _check_sqlite(url.database, shown, hint)
+    return value
+
+
+def _check_sqlite(database: str | None, shown: str, hint: str) -> None:
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        raise _bad(
+            "GENOFLOW_REGISTRY_URL",
+            shown,
+            "is an in-memory database, forgotten when each command ends",
+            "name a file: sqlite:////absolute/path/registry.db",
+        )
+    folder = Path(database).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise _bad("GENOFLOW_REGISTRY_URL", shown, f"names a file in {folder}, not a folder", hint)
