@@ -210,15 +210,43 @@ def cmd_status(select: Sequence[str], settings: Settings, *, as_json: bool) -> i
 
 
 def cmd_verify(settings: Settings, *, repair: bool, full: bool) -> int:
-    """Check every registered replica this node can reach; invalidate (and repair) bad ones."""
+    """Check every registered replica this node can reach; invalidate (and repair) bad ones.
+
+    With ``repair``, a bad replica is restored from a valid one; when none is left, its chain
+    runs through Dagster as ``genoflow run`` would (a derived artifact is rebuilt from its
+    input, a source staged again from its manifests' URIs) and the rebuilt copy is verified.
+    """
     from genoflow.report import print_verify
     from genoflow.storage.node import open_node
 
     with open_node(settings) as node:
         outcomes = node.verify_all(repair=repair, full=full)
+        chains = node.chains_to_rebuild(outcomes)
+        if chains:
+            outcomes = node.settle_rebuilds(outcomes, _rebuild_chains(chains, settings))
     print_verify(outcomes)
     unrepaired = [o for o in outcomes if o.problems and o.restored is None]
     return 1 if unrepaired else 0
+
+
+def _rebuild_chains(
+    chains: list[tuple[str, str]], settings: Settings
+) -> dict[tuple[str, str], str]:
+    """Run each ``(md5, family)`` chain through Dagster (``runner.run_all``, the path ``genoflow
+    run`` takes); return why each chain that did not end ok failed."""
+    from genoflow import runner
+
+    runner.quiet_warnings()
+    instance = runner.open_instance(settings)
+    by_family: dict[str, list[str]] = {family: [] for family in CHAINS}
+    for md5, family in chains:
+        by_family[family].append(md5)
+    runner.add_partitions(instance, by_family)
+    return {
+        (o.md5, o.family): o.error or "not every asset was built"
+        for o in runner.run_all(chains, settings=settings)
+        if not o.ok
+    }
 
 
 def cmd_backfill(

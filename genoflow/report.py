@@ -10,8 +10,10 @@ from typing import Any
 from genoflow.errors import redact
 from genoflow.pipeline import CHAINS, key_for
 from genoflow.storage.datamanager import RepairOutcome
+from genoflow.storage.locations import DataType
 from genoflow.storage.node import Node
 from genoflow.storage.registry import SourceRow
+from genoflow.storage.replicas import ReplicaState
 
 ASSETS = ("source", "sorted", "index")
 
@@ -77,51 +79,63 @@ def print_summary(sources: dict[str, list[Any]], outcomes: Sequence[Any], *, as_
 
 
 def status_records(rows: Sequence[SourceRow], node: Node, select: Sequence[str]) -> list[dict]:
-    """One record per (name, md5): its family, format and each asset's artifact (or None)."""
+    """One record per (name, md5): its family, format and each asset's artifact (or None).
+
+    An asset is ``valid`` when this node's cache holds it whole (marker and sizes) and its
+    replica here is not registered INVALID; its ``replicas`` list every available copy, INVALID
+    ones too, so a damaged artifact shows as ``valid: false`` with why.
+    """
     wanted = set(select)
     records: dict[tuple[str, str], dict[str, Any]] = {}
     # One query for every replica, not one per artifact: status stays fast with 100k sources.
     by_key: dict[str, list[Any]] = {}
-    for replica in node.dm.all_replicas():
-        by_key.setdefault(replica.relpath, []).append(replica)
+    for replica in node.dm.all_replicas(readable=False):
+        if replica.state is ReplicaState.AVAILABLE:
+            by_key.setdefault(replica.relpath, []).append(replica)
     for row in rows:
         if wanted and row.name not in wanted and row.md5 not in wanted:
             continue
-        if (row.name, row.md5) in records:
-            continue
-        assets = {}
-        for asset in CHAINS[row.family]:
-            key = key_for(row.family, row.md5, asset)
-            artifact = node.lookup(key)
-            replicas = [
-                {"uri": redact(r.uri), "type": str(r.data_type), "deployment": r.deployment}
-                for r in by_key.get(key.relstr, [])
-            ]
-            assets[asset] = None
-            if artifact is not None:
-                assets[asset] = {
-                    "path": str(artifact.path),
-                    "files": [str(path) for path in artifact.files],
-                    "version": artifact.key.version,
-                    "valid": True,
-                    "replicas": replicas,
-                }
-            elif replicas:
-                assets[asset] = {
-                    "path": None,
-                    "files": [],
-                    "version": key.version,
-                    "valid": False,
-                    "replicas": replicas,
-                }
-        records[row.name, row.md5] = {
-            "name": row.name,
-            "md5": row.md5,
-            "family": row.family,
-            "format": row.format,
-            "assets": assets,
-        }
+        if (row.name, row.md5) not in records:
+            records[row.name, row.md5] = {
+                "name": row.name,
+                "md5": row.md5,
+                "family": row.family,
+                "format": row.format,
+                "assets": {a: _asset_record(row, a, node, by_key) for a in CHAINS[row.family]},
+            }
     return list(records.values())
+
+
+def _asset_record(
+    row: SourceRow, asset: str, node: Node, by_key: dict[str, list[Any]]
+) -> dict[str, Any] | None:
+    key = key_for(row.family, row.md5, asset)
+    found = by_key.get(key.relstr, [])
+    replicas = [
+        {"uri": redact(r.uri), "type": str(r.data_type), "deployment": r.deployment} for r in found
+    ]
+    invalid_here = any(
+        r.location == node.local.name and r.data_type is DataType.INVALID for r in found
+    )
+    # The plain cache lookup: Node.lookup would ask the registry once per artifact.
+    artifact = None if invalid_here else node.cache.lookup(key)
+    if artifact is not None:
+        return {
+            "path": str(artifact.path),
+            "files": [str(path) for path in artifact.files],
+            "version": artifact.key.version,
+            "valid": True,
+            "replicas": replicas,
+        }
+    if replicas:
+        return {
+            "path": None,
+            "files": [],
+            "version": key.version,
+            "valid": False,
+            "replicas": replicas,
+        }
+    return None
 
 
 def print_status(records: Sequence[dict], *, as_json: bool) -> None:
@@ -144,17 +158,25 @@ def _cell(assets: dict[str, Any], asset: str) -> str:
         return "missing"
     copies = len(artifact["replicas"])
     where = "here" if artifact["valid"] else "elsewhere"
+    if not artifact["valid"] and all(r["type"] == "INVALID" for r in artifact["replicas"]):
+        where = "INVALID"  # no valid copy anywhere: `genoflow verify --repair` rebuilds it
     return f"v{artifact['version']} {where} ({copies} replica{'s' if copies != 1 else ''})"
 
 
 def print_verify(outcomes: Sequence[RepairOutcome]) -> None:
-    """One line per bad replica, then a summary."""
+    """One line per bad replica (``restored``, ``rebuilt`` or still ``INVALID``), then a summary."""
     for outcome in outcomes:
         if outcome.problems:
-            state = "restored" if outcome.restored else "INVALID"
+            state = "INVALID"
+            if outcome.restored:
+                state = "rebuilt" if outcome.rebuild else "restored"
             problems = "; ".join(outcome.problems)
             print(f"{state:8}  {redact(outcome.replica.uri)}: {problems}")
     bad = sum(1 for o in outcomes if o.problems)
-    fixed = sum(1 for o in outcomes if o.restored)
+    fixed = sum(1 for o in outcomes if o.restored and not o.rebuild)
+    rebuilt = sum(1 for o in outcomes if o.restored and o.rebuild)
     intact = len(outcomes) - bad
-    print(f"{len(outcomes)} replicas checked, {intact} intact, {bad} bad, {fixed} restored")
+    print(
+        f"{len(outcomes)} replicas checked, {intact} intact, {bad} bad, {fixed} restored, "
+        f"{rebuilt} rebuilt"
+    )

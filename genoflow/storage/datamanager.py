@@ -40,11 +40,22 @@ class RepairOutcome:
         replica: the replica as it was checked.
         problems: what was wrong with it (empty when intact).
         restored: the fresh copy that replaced it, when it was bad and restoring was asked for.
+        rebuild: no valid replica could restore it, so it must be built again from its input (a
+            derived artifact) or staged again from its manifest's URIs (a source);
+            ``restored`` is then the rebuilt copy, once there is one.
     """
 
     replica: Replica
     problems: list[str]
     restored: Replica | None = None
+    rebuild: bool = False
+
+
+class NoValidReplica(StorageError):
+    """A damaged replica has no valid copy left to be restored from: only a rebuild can fix it."""
+
+    default_stage = "verify"
+    default_hint = "run `genoflow verify --repair`, which rebuilds it from its input"
 
 
 class DataManager:
@@ -322,28 +333,52 @@ class DataManager:
     def repair(self, replica: Replica, *, full: bool = True, restore: bool = True) -> RepairOutcome:
         """Verify a replica; invalidate it when bad and, with ``restore``, copy it afresh.
 
+        A replica invalidated earlier counts as bad even when its files now verify, unless a
+        full check proves it whole and the registered content: then it is registered valid again
+        (with ``restore``) instead of being copied over.
+
         Raises:
-            StorageError: restoring found no valid source (the replica stays INVALID).
+            NoValidReplica: restoring found no source, or none could be copied (the replica
+                stays INVALID; rebuilding the artifact is what is left).
         """
         problems = self.verify(replica, full=full)
+        location = self._reachable(replica)
+        if replica.data_type is DataType.INVALID:
+            if not problems and full and restore:
+                data_type = DataType.PRIMARY
+                revalidated = self.register_path(location, replica.path, replica.relpath, data_type)
+                return RepairOutcome(replica, ["invalidated earlier"], revalidated)
+            problems = ["invalidated earlier", *problems]
         if not problems:
             return RepairOutcome(replica, problems)
-        location = self._reachable(replica)
         self.invalidate_location(location, replica.path)
         if not restore:
             return RepairOutcome(replica, problems)
+        return RepairOutcome(replica, problems, self._restore(replica, location, problems))
+
+    def _restore(self, replica: Replica, location: Location, problems: list[str]) -> Replica:
+        damage = "; ".join(problems)
         if not self.sources(replica.relpath, location.deployment):
-            raise StorageError(
-                "is damaged and no valid replica is left to restore it from; it was "
-                "invalidated and left in place",
+            raise NoValidReplica(
+                f"{damage}; no valid replica is left to restore it from (invalidated)",
                 file=redact(replica.uri),
-                stage="verify",
-                hint="rebuild the artifact",
             )
         with self._scratch() as scratch:
             transfer.remove(location, replica.path, scratch, names=[])
-        restored = self.fetch(replica.relpath, location, dst_path=replica.path)
-        return RepairOutcome(replica, problems, restored)
+        try:
+            return self.fetch(replica.relpath, location, dst_path=replica.path)
+        except StorageError as exc:
+            raise NoValidReplica(
+                f"{damage}; no replica could restore it ({exc.message})",
+                file=redact(replica.uri),
+            ) from exc
+
+    def replica_at(self, location: str, path: str) -> Replica | None:
+        """The replica registered at ``path`` within the location named ``location``, in any
+        state and of any data type (INVALID too), or None."""
+        with self._begin() as connection:
+            found = replicas.select(connection, location=location, path=path, readable=False)
+        return found[0] if found else None
 
     def all_replicas(self, *, location: str | None = None, readable: bool = True) -> list[Replica]:
         """Every replica (at one location), for verification sweeps; INVALID too unless

@@ -44,6 +44,19 @@ class ArtifactKey:
                 hint="artifact keys come from validated manifests; this is a bug if you see it",
             )
 
+    @classmethod
+    def parse(cls, relstr: str) -> ArtifactKey | None:
+        """The key whose :attr:`relstr` is ``relstr``, or None when it names no artifact folder."""
+        parts = relstr.split("/")
+        if len(parts) != 5 or not parts[4].startswith("v"):
+            return None
+        family, prefix, md5, asset, version = parts
+        try:
+            key = cls(family, md5, asset, version[1:])
+        except StorageError:
+            return None
+        return key if prefix == md5[:2] else None
+
     @property
     def relpath(self) -> PurePosixPath:
         """The artifact folder relative to the cache root."""

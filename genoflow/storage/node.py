@@ -4,7 +4,12 @@ A :class:`Node` stands in for the :class:`Cache` wherever artifacts are built, a
 - before building, an artifact that any registered replica holds is transferred (verified),
   never recomputed;
 - after publishing, the artifact is registered as a PRIMARY replica of this deployment's cache
-  and copied to every configured replica location (data first, marker last).
+  and copied to every configured replica location (data first, marker last);
+- a cache folder whose replica is registered INVALID is never left in place: it is moved aside in
+  one rename and deleted (:func:`genoflow.storage.transfer.remove_folder`), so the plain cache
+  lookup that ``genoflow run`` uses sees it absent and the rebuild publishes a fresh folder under
+  the same name (a published folder is still never overwritten). The INVALID row stays until a
+  rebuilt or restored copy is registered at that path.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import Any
 
 from genoflow.config import Settings
 from genoflow.errors import StorageError
+from genoflow.storage import transfer
 from genoflow.storage.cache import Artifact, Cache, Draft
-from genoflow.storage.datamanager import DataManager, RepairOutcome
+from genoflow.storage.datamanager import DataManager, NoValidReplica, RepairOutcome
 from genoflow.storage.layout import ArtifactKey
 from genoflow.storage.locations import DataType, LocalLocation, Location
 from genoflow.storage.replicas import Replica, ReplicaState
@@ -66,7 +72,19 @@ class Node:
 
     # The Cache interface that pipeline.py builds through.
     def lookup(self, key: ArtifactKey) -> Artifact | None:
-        return self.cache.lookup(key)
+        """The artifact in this node's cache when whole by its sizes and not registered INVALID.
+
+        A folder whose local replica is INVALID (left by an older genoflow, or by a crash between
+        invalidating and moving it aside) is moved aside now, and None returned.
+        """
+        found = self.cache.lookup(key)
+        if found is None:
+            return None
+        replica = self.dm.replica_at(self.local.name, key.relstr)
+        if replica is not None and replica.data_type is DataType.INVALID:
+            self.set_aside(replica)
+            return None
+        return found
 
     def workdir(self, label: str) -> contextlib.AbstractContextManager[Path]:
         return self.cache.workdir(label)
@@ -87,7 +105,7 @@ class Node:
 
     def obtain(self, key: ArtifactKey) -> Artifact | None:
         """The artifact in this node's cache, transferring it from a replica when needed."""
-        found = self.cache.lookup(key)
+        found = self.lookup(key)
         relpath = key.relstr
         if found is not None:
             return found
@@ -120,22 +138,85 @@ class Node:
     def verify_all(self, *, repair: bool, full: bool = True) -> list[RepairOutcome]:
         """Verify every registered replica reachable from here; invalidate bad ones.
 
-        With ``repair``, a bad replica is restored from a valid one; a replica that cannot be
-        restored is reported with the reason and stays INVALID.
+        With ``repair``, a bad replica is restored from a valid one; one that no replica can
+        restore comes back with ``rebuild`` set (:meth:`chains_to_rebuild` names what to run).
+        A bad copy in this node's cache is moved aside either way (see the module's rules).
         """
         outcomes = []
         for replica in self.dm.all_replicas(readable=False):
             if replica.state is ReplicaState.PENDING or self.dm.location(replica.location) is None:
                 continue  # being written, or another node's disk: that node verifies it
-            if replica.data_type is DataType.INVALID and not repair:
-                problem = "invalidated earlier; run `genoflow verify --repair` to restore it"
-                outcomes.append(RepairOutcome(replica, [problem]))
-                continue
-            try:
-                outcomes.append(self.dm.repair(replica, full=full, restore=repair))
-            except StorageError as exc:
-                outcomes.append(RepairOutcome(replica, [exc.message]))
+            outcome = self._verify(replica, repair=repair, full=full)
+            if outcome.problems and outcome.restored is None:
+                now = self.dm.replica_at(replica.location, replica.path)
+                if now is not None and now.data_type is DataType.INVALID:
+                    self.set_aside(now)
+            outcomes.append(outcome)
         return outcomes
+
+    def _verify(self, replica: Replica, *, repair: bool, full: bool) -> RepairOutcome:
+        if replica.data_type is DataType.INVALID and not repair:
+            problem = "invalidated earlier; run `genoflow verify --repair` to restore or rebuild it"
+            return RepairOutcome(replica, [problem])
+        try:
+            return self.dm.repair(replica, full=full, restore=repair)
+        except NoValidReplica as exc:
+            return RepairOutcome(replica, [exc.message], rebuild=True)
+        except StorageError as exc:
+            return RepairOutcome(replica, [exc.message])
+
+    def set_aside(self, replica: Replica) -> None:
+        """Move this node's cache folder of an INVALID replica aside and delete it (one rename,
+        so no reader sees it half-deleted); other locations keep theirs until restored."""
+        if replica.location != self.local.name:
+            return
+        folder = self.local.path(replica.path)
+        with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+            if folder.is_dir():
+                transfer.remove_folder(folder)
+
+    @staticmethod
+    def chains_to_rebuild(outcomes: list[RepairOutcome]) -> list[tuple[str, str]]:
+        """The ``(md5, family)`` chains to run so that every ``rebuild`` outcome is built again."""
+        chains: dict[tuple[str, str], None] = {}
+        for outcome in outcomes:
+            key = ArtifactKey.parse(outcome.replica.relpath)
+            if outcome.rebuild and outcome.restored is None and key is not None:
+                chains[key.md5, key.family] = None
+        return list(chains)
+
+    def settle_rebuilds(
+        self, outcomes: list[RepairOutcome], failures: dict[tuple[str, str], str]
+    ) -> list[RepairOutcome]:
+        """The outcomes after the chains ran: each rebuilt replica verified (full) and reported
+        as ``restored``; one still missing or bad keeps its problems plus the reason.
+
+        Args:
+            outcomes: what :meth:`verify_all` returned.
+            failures: ``(md5, family)`` → why that chain's run failed.
+        """
+        settled = []
+        for outcome in outcomes:
+            key = ArtifactKey.parse(outcome.replica.relpath)
+            if not outcome.rebuild or outcome.restored is not None or key is None:
+                settled.append(outcome)
+                continue
+            settled.append(self._settle(outcome, failures.get((key.md5, key.family))))
+        return settled
+
+    def _settle(self, outcome: RepairOutcome, failure: str | None) -> RepairOutcome:
+        old = outcome.replica
+        now = self.dm.replica_at(old.location, old.path)
+        problems = list(outcome.problems)
+        if failure is not None:
+            problems.append(f"rebuilding it failed: {failure}")
+        elif now is None or now.data_type is DataType.INVALID or now.state is ReplicaState.PENDING:
+            problems.append("the rebuild did not register a new copy here")
+        elif found := self.dm.verify(now, full=True):
+            problems.append(f"the rebuilt copy is bad too: {'; '.join(found)}")
+        else:
+            return RepairOutcome(old, problems, restored=now, rebuild=True)
+        return RepairOutcome(old, problems, rebuild=True)
 
 
 @contextlib.contextmanager
