@@ -18,6 +18,7 @@ from pathlib import Path
 
 from genoflow.errors import GenoflowError, redact
 from genoflow.processors.base import parse_memory
+from genoflow.processors.limits import DEFAULT_MAX_EXPANSION
 
 DEFAULT_HOME = ".genoflow"
 DEFAULT_SORT_MEMORY = "768M"
@@ -71,6 +72,8 @@ class Settings:
         registry_url: a SQLAlchemy URL for a shared registry; None means the SQLite file.
         allowed_roots: folders local sources may be read from; empty means each manifest's
             own folder and below.
+        max_expansion: the cap on decompressed bytes per byte of a compressed input
+            (``GENOFLOW_MAX_EXPANSION``, default 100); 0 means no cap.
     """
 
     home: Path
@@ -81,6 +84,7 @@ class Settings:
     replicas: tuple[str, ...] = ()
     registry_url: str | None = None
     allowed_roots: tuple[Path, ...] = ()
+    max_expansion: float = DEFAULT_MAX_EXPANSION
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +107,7 @@ class Settings:
             replicas=_replicas(env.get("GENOFLOW_REPLICAS", "")),
             registry_url=_registry_url(env.get("GENOFLOW_REGISTRY_URL") or None),
             allowed_roots=_roots(env.get("GENOFLOW_ALLOWED_ROOTS", "")),
+            max_expansion=_max_expansion(env.get("GENOFLOW_MAX_EXPANSION", "")),
         )
 
     def roots_for(self, manifest: str | Path) -> tuple[Path, ...]:
@@ -208,6 +213,21 @@ def _unwritable(folder: Path) -> str | None:
 
 def _read_only(folder: Path) -> bool:
     return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+
+
+def _max_expansion(value: str) -> float:
+    """``GENOFLOW_MAX_EXPANSION``: a non-negative ratio; empty means the default, 0 no cap."""
+    if not value.strip():
+        return DEFAULT_MAX_EXPANSION
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = -1.0
+    if not ratio >= 0 or ratio == float("inf"):
+        raise ValueError(
+            f"GENOFLOW_MAX_EXPANSION must be a ratio of 0 or more (0: no cap), got {value!r}"
+        )
+    return ratio
 
 
 def _roots(value: str) -> tuple[Path, ...]:

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import pysam
 
@@ -26,9 +27,16 @@ from genoflow.errors import ProcessingError
 from genoflow.processors import engine, samtools
 from genoflow.processors.alignment_checks import check_sorted, count_records, query_index
 from genoflow.processors.base import Result, link_or_copy, require_output
+from genoflow.processors.limits import (
+    DEFAULT_MAX_EXPANSION,
+    ExpansionGuard,
+    bgzf_expanded_size,
+    require_free_space,
+)
 from genoflow.processors.sam_input import require_bgzf_eof, scan_sam, sniff, sq_lengths
 
 __all__ = [
+    "BAM_MAX_LENGTH",
     "CSI_THRESHOLD",
     "INDEX_VERSION",
     "SORT_VERSION",
@@ -42,6 +50,8 @@ __all__ = [
 SORT_VERSION = "2"
 INDEX_VERSION = "2"
 CSI_THRESHOLD = 1 << 29
+BAM_MAX_LENGTH = (1 << 31) - 1
+"""The longest reference BAM can hold: its header stores lengths as signed 32-bit integers."""
 
 
 def sort_alignments(
@@ -52,6 +62,7 @@ def sort_alignments(
     memory: int,
     threads: int,
     name: str,
+    max_expansion: float = DEFAULT_MAX_EXPANSION,
 ) -> Result:
     """Coordinate-sort SAM (plain, gzip or BGZF) or BAM into ``out_dir/sorted.bam``, indexed.
 
@@ -71,19 +82,30 @@ def sort_alignments(
             fewer threads are used.
         threads: sorting and compression threads.
         name: the file's user-facing name, used in errors.
+        max_expansion: the cap on decompressed bytes per byte of a compressed input
+            (``GENOFLOW_MAX_EXPANSION``; 0 means no cap).
 
     Returns:
         ``[sorted.bam, index]``, input and output record counts, and metadata.
 
     Raises:
         ValueError: ``memory`` below 1 MiB or ``threads`` below 1.
-        ProcessingError: the input is empty, truncated or malformed, or records were lost.
+        ProcessingError: the input is empty, truncated or malformed; a @SQ length is beyond
+            what BAM can hold; it decompresses beyond the cap; the work folder lacks the space;
+            or records were lost.
     """
     src, out_dir, work_dir = Path(src), Path(out_dir), Path(work_dir)
     used_threads, per_thread = samtools.sort_budget(memory, threads)
     kind, compression = sniff(src, name=name, stage="sort")
     tools = engine.choose("samtools", name=name, stage="sort")
-    count, index_kind = _input_plan(src, kind, compression != "none", tools, work_dir, name=name)
+    guard = ExpansionGuard(src, max_expansion, name=name, stage="sort")
+    if compression == "bgzf":
+        guard.check_declared(bgzf_expanded_size(src))
+    # The spilled runs and the output are BGZF-compressed BAM: twice the input's size on disk.
+    why = "room for the sort's runs and its output: twice its size on disk"
+    require_free_space(work_dir, 2 * src.stat().st_size, name=name, stage="sort", why=why)
+    plan = _InputPlan(src, kind, compression, tools, work_dir, guard)
+    count, index_kind = _input_plan(plan, name=name)
     out = out_dir / "sorted.bam"
     index = out_dir / f"sorted.bam.{index_kind}"
     try:
@@ -112,18 +134,50 @@ def sort_alignments(
     return Result([out, index], records_in, records_out, metadata)
 
 
-def _input_plan(
-    src: Path, kind: str, compressed: bool, tools: engine.Tools, work_dir: Path, *, name: str
-) -> tuple[Callable[[], int], str]:
-    """How to count the input's records (SAM: the validating scan), and the index kind."""
-    if kind == "sam":
-        lengths = sq_lengths(src, compressed=compressed, name=name)
-        count = partial(scan_sam, src, compressed=compressed, name=name)
+class _InputPlan(NamedTuple):
+    """What :func:`_input_plan` needs to know about the input."""
+
+    src: Path
+    kind: str
+    compression: str
+    tools: engine.Tools
+    work_dir: Path
+    guard: ExpansionGuard
+
+
+def _input_plan(plan: _InputPlan, *, name: str) -> tuple[Callable[[], int], str]:
+    """How to count the input's records (SAM: the validating scan), and the index kind.
+
+    Raises:
+        ProcessingError: a @SQ length is beyond what BAM can hold.
+    """
+    src, compressed = plan.src, plan.compression != "none"
+    if plan.kind == "sam":
+        contigs = sq_lengths(src, compressed=compressed, name=name)
+        guard = plan.guard if compressed else None
+        count = partial(scan_sam, src, compressed=compressed, name=name, guard=guard)
     else:
-        lengths = [sq["LN"] for sq in _read_header(src, name=name, stage="sort").get("SQ", [])]
-        count = partial(samtools.count, src, threads=1, name=name, stage="sort", tools=tools,
-                        scratch=work_dir)  # fmt: skip
-    return count, "csi" if any(length >= CSI_THRESHOLD for length in lengths) else "bai"
+        header = _read_header(src, name=name, stage="sort").get("SQ", [])
+        contigs = [(sq["SN"], sq["LN"]) for sq in header]
+        count = partial(samtools.count, src, threads=1, name=name, stage="sort",
+                        tools=plan.tools, scratch=plan.work_dir)  # fmt: skip
+    _require_bam_lengths(contigs, name=name)
+    needs_csi = any(length >= CSI_THRESHOLD for _, length in contigs)
+    return count, "csi" if needs_csi else "bai"
+
+
+def _require_bam_lengths(contigs: list[tuple[str, int]], *, name: str) -> None:
+    """BAM stores a reference's length in 31 bits: refuse longer ones before sorting."""
+    for contig, length in contigs:
+        if length > BAM_MAX_LENGTH:
+            raise ProcessingError(
+                f"contig {contig} is {length} bp, longer than BAM can hold (2^31-1); the file "
+                "is valid, but genoflow writes only BAM for alignments",
+                file=name,
+                stage="sort",
+                hint="keep it as SAM for now (bgzipped SAM with a CSI index, or CRAM, is a "
+                "later step), or split the contig below 2^31-1 bp",
+            )
 
 
 def _verify_sorted(out: Path, index: Path, records_in: int, *, name: str) -> tuple[int, int, int]:
@@ -132,7 +186,7 @@ def _verify_sorted(out: Path, index: Path, records_in: int, *, name: str) -> tup
     require_output(index, name=name, stage="sort")
     # The BAM's last block is written after its index: mark the index as the newer of the two.
     os.utime(index)
-    samtools.run(pysam.quickcheck, str(out), name=name, stage="sort", what="quickcheck")
+    samtools.quickcheck(out, name=name, stage="sort")
     records_out, mapped = samtools.idxstats(out, name=name, stage="sort")
     if records_out != records_in:
         lost = f"sorting changed the record count from {records_in} to {records_out}"
@@ -215,7 +269,7 @@ def _read_header(bam: Path, *, name: str, stage: str) -> dict:
 
 def _require_contig_order(data: Path, *, name: str) -> None:
     """samtools index accepts whole contigs out of @SQ order; the index shows where each begins."""
-    with pysam.AlignmentFile(str(data), "rb") as handle:
+    with pysam.AlignmentFile(str(data), "rb", check_sq=False) as handle:
         previous, before = -1, ""
         for contig in (*handle.references, "*"):
             if next(handle.fetch(contig=contig), None) is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import shutil
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,9 @@ from typing import IO, Protocol
 import pysam
 
 from genoflow.errors import ProcessingError
-from genoflow.processors.commands import Child, write_all
+from genoflow.processors.commands import Child, pump, write_all
 from genoflow.processors.engine import Tools
+from genoflow.processors.limits import ExpansionGuard, bgzf_expanded_size
 from genoflow.processors.records import BGZF_EOF, is_bgzf
 
 __all__ = [
@@ -95,35 +95,60 @@ def compression_of(path: Path) -> str:
 
 
 def decompress_to(
-    src: Path, dst: Path, tools: Tools, *, threads: int, name: str, scratch: Path
+    src: Path,
+    dst: Path,
+    tools: Tools,
+    *,
+    threads: int,
+    name: str,
+    scratch: Path,
+    guard: ExpansionGuard | None = None,
 ) -> Path:
     """Write ``src`` decompressed into ``dst``; return ``src`` itself when it is not compressed.
 
     BGZF goes through ``bgzip -d -@ threads`` (after its end-of-file block is checked, since a
     BGZF file cut at a block boundary reads as complete); plain gzip through Python's zlib, which
-    notices truncation that ``bgzip -d`` lets pass.
+    notices truncation that ``bgzip -d`` lets pass. Every decompressed byte is counted against
+    ``guard`` as it is written, and a BGZF file whose blocks declare more is refused first.
 
     Raises:
-        ProcessingError: stage ``decompress``; ``dst`` is removed.
+        ProcessingError: stage ``decompress`` (``sort`` for the expansion cap); ``dst`` is
+            removed.
     """
     kind = compression_of(src)
     if kind == "none":
         return src
     try:
-        if kind == "bgzf":
-            require_eof(src, name=name, stage="decompress")
-        if kind == "bgzf" and tools.cli:
-            argv = [tools.paths["bgzip"], "-d", "-c", "-@", str(threads), str(src)]
-            with open(dst, "wb") as out:
+        with open(dst, "wb") as out:
+            sink = _GuardedWriter(out.fileno(), guard)
+            if kind == "bgzf":
+                require_eof(src, name=name, stage="decompress")
+                if guard is not None:
+                    guard.check_declared(bgzf_expanded_size(src))
+            if kind == "bgzf" and tools.cli:
+                argv = [tools.paths["bgzip"], "-d", "-c", "-@", str(threads), str(src)]
                 common = {"name": name, "stage": "decompress", "scratch": scratch}
-                with Child(argv, what="bgzip -d", hint=_INCOMPLETE, stdout=out, **common) as job:
+                with Child(argv, what="bgzip -d", hint=_INCOMPLETE, stdout=PIPE, **common) as job:
+                    pump(job.stdout, sink.write, count=False)
                     job.finish()
-        else:
-            _gunzip(src, dst, name)
+            else:
+                _gunzip(src, sink, name)
     except BaseException:
         dst.unlink(missing_ok=True)
         raise
     return dst
+
+
+class _GuardedWriter:
+    """Writes decompressed bytes to a descriptor, counting them against the expansion cap."""
+
+    def __init__(self, fd: int, guard: ExpansionGuard | None) -> None:
+        self._fd, self._guard = fd, guard
+
+    def write(self, data: bytes) -> None:
+        if self._guard is not None:
+            self._guard.add(len(data))
+        write_all(self._fd, data)
 
 
 def require_eof(src: Path, *, name: str, stage: str) -> None:
@@ -140,10 +165,11 @@ def require_eof(src: Path, *, name: str, stage: str) -> None:
             raise ProcessingError(missing, file=name, stage=stage, hint=_INCOMPLETE)
 
 
-def _gunzip(src: Path, dst: Path, name: str) -> None:
+def _gunzip(src: Path, out: _GuardedWriter, name: str) -> None:
     try:
-        with gzip.open(src, "rb") as handle, open(dst, "wb") as out:
-            shutil.copyfileobj(handle, out, _CHUNK)
+        with gzip.open(src, "rb") as handle:
+            while data := handle.read(_CHUNK):
+                out.write(data)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise ProcessingError(
             f"cannot decompress: {exc}", file=name, stage="decompress", hint=_INCOMPLETE

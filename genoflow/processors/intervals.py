@@ -29,6 +29,12 @@ from genoflow.processors.base import Result
 from genoflow.processors.bgzf import compression_of, decompress_to
 from genoflow.processors.bigbed import bigbed_to_bed
 from genoflow.processors.direct import sort_direct
+from genoflow.processors.limits import (
+    DEFAULT_MAX_EXPANSION,
+    ExpansionGuard,
+    bgzf_expanded_size,
+    require_free_space,
+)
 from genoflow.processors.records import LineSource, RecordReader
 from genoflow.processors.sortjob import SortJob, SortStats
 from genoflow.processors.streamed import sort_streamed
@@ -64,6 +70,7 @@ def sort_intervals(
     memory: int,
     threads: int,
     name: str,
+    max_expansion: float = DEFAULT_MAX_EXPANSION,
 ) -> Result:
     """Sort an interval file by contig then start into ``out_dir/sorted.<suffix>.gz`` (BGZF),
     and tabix-index it there in the same step.
@@ -84,6 +91,8 @@ def sort_intervals(
         memory: GNU sort's buffer in bytes; Python adds a few tens of MiB of chunk buffers.
         threads: GNU sort's ``--parallel`` and the compression threads.
         name: the file's user-facing name, used in errors.
+        max_expansion: the cap on decompressed bytes per byte of a compressed (or bigBed)
+            input (``GENOFLOW_MAX_EXPANSION``; 0 means no cap).
 
     Returns:
         ``[data, index]``, record counts, and metadata: ``header_lines``, ``contigs``,
@@ -94,8 +103,8 @@ def sort_intervals(
 
     Raises:
         ValueError: ``memory`` or ``threads`` is not positive.
-        ProcessingError: stage ``convert``, ``decompress``, ``parse``, ``sort`` or ``index``;
-            nothing is left in ``out_dir``.
+        ProcessingError: stage ``convert``, ``decompress``, ``parse``, ``sort`` or ``index``
+            (``sort`` for the expansion cap and free space); nothing is left in ``out_dir``.
     """
     if memory <= 0 or threads < 1:
         raise ValueError(f"memory and threads must be positive, got {memory} and {threads}")
@@ -107,11 +116,12 @@ def sort_intervals(
     with tempfile.TemporaryDirectory(dir=work_dir, prefix=".sort.") as folder:
         scratch = Path(folder)
         try:
+            guard = ExpansionGuard(src, max_expansion, name=name, stage="sort")
             if fmt == "bigBed":
-                bigbed_to_bed(src, scratch / "converted.bed", name=name)
+                bigbed_to_bed(src, scratch / "converted.bed", name=name, guard=guard)
             plain = scratch / "converted.bed" if fmt == "bigBed" else src
             job = SortJob(RecordReader(fmt, name=name), tools, out, scratch, memory, threads)
-            stats, reader, compression = _sort(job, plain, fmt)
+            stats, reader, compression = _sort(job, plain, fmt, guard)
             csi = stats.max_end >= CSI_THRESHOLD
             messages = write_index(
                 out, reader.spec, line_skip=stats.line_skip, csi=csi, tools=tools,
@@ -131,23 +141,36 @@ def sort_intervals(
     return Result([out, indexes[csi]], stats.records, stats.records, metadata)
 
 
-def _sort(job: SortJob, src: Path, fmt: str) -> tuple[SortStats, RecordReader, str]:
+def _sort(
+    job: SortJob, src: Path, fmt: str, guard: ExpansionGuard
+) -> tuple[SortStats, RecordReader, str]:
     """Decompress into scratch if needed, then take the direct path, or the streamed one.
 
-    Returns the stats, the reader that saw the whole file, and the input's compression.
+    Free space is checked before decompressing when the decompressed size is known (plain
+    and BGZF input), else right after. Returns the stats, the reader that saw the whole file,
+    and the input's compression.
     """
     compression = compression_of(src)
+    expanded = {"none": src.stat().st_size, "bgzf": bgzf_expanded_size(src)}.get(compression)
+    if expanded is not None:
+        why = "twice its decompressed size, for a decompressed copy and sort's spill files"
+        require_free_space(job.scratch, 2 * expanded, name=job.name, stage="sort", why=why)
     plain = decompress_to(
         src, job.scratch / "input", job.tools, threads=job.threads, name=job.name,
-        scratch=job.scratch,
+        scratch=job.scratch, guard=guard,
     )  # fmt: skip
+    if expanded is None:
+        why = "its decompressed size, for sort's spill files"
+        need = plain.stat().st_size
+        require_free_space(job.scratch, need, name=job.name, stage="sort", why=why)
     stats = sort_direct(job, plain)
     if stats is not None:
         return stats, job.reader, compression
     # The direct attempt learnt header state: the streamed path starts from a fresh reader.
     job = dataclasses.replace(job, reader=RecordReader(fmt, name=job.name))
     source = LineSource(plain, name=job.name, stage="decompress")
-    return sort_streamed(job, source), job.reader, compression
+    # A bigBed's own header is its header: one with no records converts to no lines at all.
+    return sort_streamed(job, source, empty_ok=fmt == "bigBed"), job.reader, compression
 
 
 def _check_index(index: Path, stats: SortStats, *, name: str) -> None:

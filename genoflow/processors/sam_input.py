@@ -17,12 +17,14 @@ import zlib
 from pathlib import Path
 
 from genoflow.errors import ProcessingError
+from genoflow.processors.limits import ExpansionGuard
 
 __all__ = ["require_bgzf_eof", "scan_sam", "sniff", "sq_lengths"]
 
 _BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _REGENERATE = "fix or regenerate the file"
 _INCOMPLETE = "the copy is incomplete; fetch or regenerate the file"
+_GUARD_EVERY = 1 << 14  # records between two looks at the decompressed byte count
 
 
 def sniff(path: Path, *, name: str, stage: str) -> tuple[str, str]:
@@ -70,15 +72,19 @@ def require_bgzf_eof(path: Path, *, name: str, stage: str) -> None:
         raise ProcessingError(cut, file=name, stage=stage, hint=_INCOMPLETE)
 
 
-def scan_sam(src: Path, *, compressed: bool, name: str) -> int:
+def scan_sam(
+    src: Path, *, compressed: bool, name: str, guard: ExpansionGuard | None = None
+) -> int:
     """Count SAM records, refusing lines htslib would mangle silently or reject cryptically.
 
     htslib turns a RNAME or RNEXT missing from @SQ into "unmapped" with only a warning, so a
-    mapped read would lose its position without an error; that is refused here.
+    mapped read would lose its position without an error; that is refused here. A compressed
+    input's decompressed bytes are counted against ``guard`` as they stream by.
 
     Raises:
-        ProcessingError: stage ``sort``; a short line, an unknown contig, corrupt gzip data, or
-            a file with neither header nor records.
+        ProcessingError: stage ``sort``; a short line, an unknown contig, corrupt gzip data, a
+            file with neither header nor records, or more decompressed bytes than ``guard``
+            allows.
     """
     names: set[bytes] = set()
     header_lines = records = 0
@@ -100,6 +106,10 @@ def scan_sam(src: Path, *, compressed: bool, name: str) -> int:
                         what = f"{label} {shown!r} is not an @SQ contig"
                         raise _bad_line(name, number, what, hint="add its @SQ header line")
                 records += 1
+                if guard is not None and not records % _GUARD_EVERY:
+                    guard.reached(handle.tell())
+            if guard is not None:
+                guard.reached(handle.tell())
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise _bad_gzip(name, "sort", error) from error
     if not records and not header_lines:
@@ -108,13 +118,13 @@ def scan_sam(src: Path, *, compressed: bool, name: str) -> int:
     return records
 
 
-def sq_lengths(src: Path, *, compressed: bool, name: str) -> list[int]:
-    """The LN of every @SQ line of a SAM file's header, reading nothing past the header.
+def sq_lengths(src: Path, *, compressed: bool, name: str) -> list[tuple[str, int]]:
+    """(SN, LN) of every @SQ line of a SAM file's header, reading nothing past the header.
 
     Raises:
         ProcessingError: stage ``sort``; the gzip data ends or breaks inside the header.
     """
-    lengths: list[int] = []
+    contigs: list[tuple[str, int]] = []
     opener = gzip.open if compressed else open
     try:
         with opener(src, "rb") as handle:
@@ -123,12 +133,14 @@ def sq_lengths(src: Path, *, compressed: bool, name: str) -> list[int]:
                     break
                 if line.startswith(b"@SQ\t"):
                     fields = line.rstrip(b"\r\n").split(b"\t")
-                    lengths += [
-                        int(f[3:]) for f in fields if f.startswith(b"LN:") and f[3:].isdigit()
-                    ]
+                    tags = {f[:3]: f[3:] for f in fields[1:]}
+                    sn = tags.get(b"SN:", b"").decode("utf-8", "backslashreplace")
+                    ln = tags.get(b"LN:", b"")
+                    if ln.isdigit():
+                        contigs.append((sn, int(ln)))
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise _bad_gzip(name, "sort", error) from error
-    return lengths
+    return contigs
 
 
 def _sq_names(line: bytes) -> list[bytes]:

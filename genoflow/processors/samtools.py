@@ -23,7 +23,7 @@ from genoflow.errors import ProcessingError
 from genoflow.processors.commands import Child
 from genoflow.processors.engine import Tools
 
-__all__ = ["count", "idxstats", "index", "run", "sort_budget", "sort_indexed"]
+__all__ = ["count", "idxstats", "index", "quickcheck", "run", "sort_budget", "sort_indexed"]
 
 # samtools sort refuses -m below 1 MiB; fewer, larger runs are better than many tiny ones, so
 # threads are dropped before the per-thread share falls under this floor.
@@ -136,6 +136,35 @@ def index(bam: Path, *, csi: bool, threads: int, tools: Tools, name: str, scratc
         argv, what="samtools index", name=name, stage="index", scratch=scratch, hint=hint
     ) as job:
         job.finish()
+
+
+def quickcheck(bam: Path, *, name: str, stage: str) -> None:
+    """Prove genoflow's own BAM output whole with ``samtools quickcheck -u``.
+
+    ``-u`` accepts a header without @SQ lines: an unaligned BAM (every read unmapped, as GATK
+    writes them) is valid. The file checked is genoflow's output, still in a private folder
+    that is gone by the time anybody reads the message, so the message names the output by
+    its file name and does not blame the input.
+
+    Raises:
+        ProcessingError: quickcheck found the output incomplete or unreadable.
+    """
+    previous = pysam.get_verbosity()
+    try:
+        said = pysam.quickcheck("-u", "-v", str(bam))
+    except pysam.SamtoolsError as error:
+        said = str(error.value).split("stderr=", 1)[-1].strip() or str(error.value)
+    finally:
+        pysam.set_verbosity(previous)  # quickcheck sets htslib's global verbosity to 0
+    said = (said or "").replace(str(bam), bam.name).strip()
+    if said:
+        raise ProcessingError(
+            f"the {bam.name} genoflow wrote failed samtools quickcheck: {said}",
+            file=name,
+            stage=stage,
+            hint="this is genoflow's output, not the input: check free space and the disk "
+            "under GENOFLOW_HOME and run again; report it if it happens again",
+        )
 
 
 def idxstats(bam: Path, *, name: str, stage: str) -> tuple[int, int]:

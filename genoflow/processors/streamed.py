@@ -26,8 +26,12 @@ _CHUNK = 1 << 20
 _SORT_KEY = re.compile(rb"^[^\t\n]*\t[0-9]{20}\t", re.MULTILINE)
 
 
-def sort_streamed(job: SortJob, source: LineSource) -> SortStats:
+def sort_streamed(job: SortJob, source: LineSource, *, empty_ok: bool = False) -> SortStats:
     """Sort every line of ``source`` into ``job.out``.
+
+    A file with header lines and no records is valid (a VCF with no calls is a real outcome):
+    its header is written, and the index holds no records. A file with neither is refused,
+    unless ``empty_ok`` (the header lives elsewhere, as a bigBed's does).
 
     Raises:
         ProcessingError: stage ``decompress``, ``parse`` or ``sort``; ``job.out`` is not left
@@ -45,9 +49,9 @@ def sort_streamed(job: SortJob, source: LineSource) -> SortStats:
             sorter.stdin.close()
         except BrokenPipeError as exc:
             raise sorter.failure() from exc
-        if stats.records == 0:
+        if stats.records == 0 and stats.header_lines == 0 and not empty_ok:
             raise ProcessingError(
-                "no records: the file holds no data lines",
+                "no records and no header lines: the file holds nothing to sort",
                 file=name,
                 stage="parse",
                 hint="check that the right file was listed and that it is not empty",

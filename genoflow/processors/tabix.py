@@ -11,18 +11,15 @@ data file.
 from __future__ import annotations
 
 import gzip
-import os
 import struct
-import sys
-import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pysam
 
 from genoflow.errors import ProcessingError
-from genoflow.processors import engine
+from genoflow.processors import engine, native_stderr
 from genoflow.processors.base import Result, link_or_copy, require_output
 from genoflow.processors.bgzf import read_decompressed, require_eof
 from genoflow.processors.chunks import (
@@ -49,7 +46,6 @@ __all__ = [
 CSI_THRESHOLD = 1 << 29
 """TBI cannot hold a position at or beyond 2^29: such files get a CSI index."""
 
-_LOG_LIMIT = 2000  # bytes of htslib's log kept for an error message
 _SUFFIXES = (".tbi", ".csi")
 
 
@@ -286,37 +282,15 @@ def _pysam_index(
             "zerobased": spec.preset == "bed",
             "line_skip": line_skip,
         }
-    with tempfile.TemporaryFile(dir=data.parent) as log:
+    failure: OSError | None = None
+    with native_stderr.capture(data.parent, drop=native_stderr.everything) as log:
         try:
-            with _stderr_to(log):
-                pysam.tabix_index(str(data), force=True, keep_original=True, csi=csi, **layout)
-        except OSError as exc:
-            reason = _read_log(log) or str(exc)
-            raise ProcessingError(
-                f"tabix indexing failed: {reason}", file=name, stage=stage
-            ) from exc
-        return _read_log(log)
-
-
-class _stderr_to:  # lower case: it reads as a function, ``with _stderr_to(log):``
-    """Point file descriptor 2 at ``log`` (htslib writes its reasons there, not to Python).
-
-    The redirection is process-wide: it must not overlap with other threads' htslib calls.
-    """
-
-    def __init__(self, log: BinaryIO) -> None:
-        self._log = log
-
-    def __enter__(self) -> None:
-        sys.stderr.flush()
-        self._saved = os.dup(2)
-        os.dup2(self._log.fileno(), 2)
-
-    def __exit__(self, *exc_info: object) -> None:
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-
-
-def _read_log(log: BinaryIO) -> str:
-    log.seek(0)
-    return log.read(_LOG_LIMIT).decode("utf-8", "replace").strip()
+            pysam.tabix_index(str(data), force=True, keep_original=True, csi=csi, **layout)
+        except OSError as exc:  # pysam's is bare: the reason is what htslib printed
+            failure = exc
+    if failure is not None:
+        reason = log.summary() or str(failure)
+        raise ProcessingError(
+            f"tabix indexing failed: {reason}", file=name, stage=stage
+        ) from failure
+    return log.summary()
