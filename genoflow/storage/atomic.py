@@ -5,7 +5,9 @@ parent (so the final ``os.rename`` never crosses a filesystem), its files and th
 fsynced, and then it is renamed into place. A published folder is never overwritten: when the
 rename finds the destination already there, another builder won with the same content and our
 copy is discarded. Every error path removes the temp folder; :func:`sweep` removes temp folders
-whose owner process is dead (left by a SIGKILL).
+whose owner process is dead (left by a SIGKILL). A failure leaves no folder at all: the empty
+parents made for a temp folder are removed again (:func:`prune_empty`, ``rmdir`` only), and a
+builder whose freshly made parent vanished that way makes it again (:func:`within_parents`).
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ import secrets
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp\.(?P<host>[^.]+)\.(?P<pid>\d+)\.(?P<rand>[0-9a-f]+)$")
 # A temp folder from another host cannot be probed for liveness; after this long it is debris.
 FOREIGN_TEMP_MAX_AGE = 24 * 3600.0
+# How often a folder is made again after a concurrent prune removed it before it was used.
+MAKE_ATTEMPTS = 8
+T = TypeVar("T")
 
 
 def _host() -> str:
@@ -32,10 +39,46 @@ def _host() -> str:
 def temp_sibling(dest: str | Path) -> Path:
     """Create and return a private temp folder next to ``dest`` (parents created as needed)."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     temp = dest.parent / f".{dest.name}.tmp.{_host()}.{os.getpid()}.{secrets.token_hex(4)}"
-    temp.mkdir()
+    within_parents(dest.parent, temp.mkdir)
     return temp
+
+
+def within_parents(folder: str | Path, create: Callable[[], T]) -> T:
+    """Make ``folder`` (and its parents), then run ``create`` to make something inside it.
+
+    A failed builder removes the empty folders it leaves (:func:`prune_empty`), so a folder
+    just made may vanish before ``create`` runs; both steps are then tried again, a bounded
+    number of times.
+    """
+    folder = Path(folder)
+    for attempt in range(MAKE_ATTEMPTS):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return create()
+        except FileNotFoundError:
+            if attempt == MAKE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def prune_empty(folder: str | Path, *, stop: str | Path) -> None:
+    """Remove ``folder`` and then each parent below ``stop`` while they are empty.
+
+    Only ``rmdir`` is used, so a folder holding anything (another builder's lock, temp folder
+    or artifact) is never removed; the first such folder ends the walk. A folder already gone
+    is skipped. This is cleanup after a failure: it never raises, so it cannot hide the error
+    that caused it.
+    """
+    folder, stop = Path(folder), Path(stop)
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return  # not empty (ENOTEMPTY/EEXIST), busy or not ours to remove: leave it
+        folder = folder.parent
 
 
 def fsync_tree(folder: str | Path) -> None:

@@ -7,7 +7,9 @@ Invariants:
 - a reader trusts a folder only when ``genoflow.json`` is present and every listed file has the
   listed size (full checksums on demand with :meth:`Artifact.verify`);
 - the per-artifact file lock only avoids redundant builds; it is never what makes publishing
-  correct.
+  correct;
+- a failed build leaves no folder: its draft is removed, then every folder above it that is left
+  empty (``rmdir`` only, so a concurrent builder's folder is never taken).
 """
 
 from __future__ import annotations
@@ -152,10 +154,9 @@ class Cache:
             StorageError: the lock was not free within ``lock_timeout`` seconds.
         """
         dest = self.folder(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(dest.parent / f".{dest.name}.lock"), timeout=self.lock_timeout)
         try:
-            lock.acquire()
+            atomic.within_parents(dest.parent, lock.acquire)
         except filelock.Timeout as exc:
             raise StorageError(
                 f"another builder of {key} held its lock for over {self.lock_timeout:g} s",
@@ -174,6 +175,7 @@ class Cache:
             return Draft(key, atomic.temp_sibling(dest), dest, lock)
         except BaseException:
             self._release(Draft(key, dest, dest, lock))
+            atomic.prune_empty(dest.parent, stop=self.root)
             raise
 
     def publish(
@@ -223,8 +225,11 @@ class Cache:
             atomic.fsync_tree(draft.dir)
             atomic.publish_dir(draft.dir, draft.dest)
         except BaseException as exc:
-            # Every failure (a file not written, details that are not JSON) removes the draft.
+            # Every failure (a file not written, details that are not JSON) removes the draft,
+            # and the folders above it that it leaves empty.
             atomic.remove_tree(draft.dir)
+            self._release(draft)
+            atomic.prune_empty(draft.dest.parent, stop=self.root)
             if isinstance(exc, OSError):
                 raise StorageError(
                     f"could not publish {draft.key}: {exc}", file=str(draft.dest)
@@ -238,11 +243,16 @@ class Cache:
         return found
 
     def discard(self, draft: Draft) -> None:
-        """Remove a draft's folder and release its lock (every failure path calls this)."""
+        """Remove a draft's folder, release its lock, and remove the empty folders left above.
+
+        Every failure path calls this, so a failed build leaves no folder at all: the asset's
+        folder (and the md5's and family's, when nothing else is in them) goes too.
+        """
         try:
             atomic.remove_tree(draft.dir)
         finally:
             self._release(draft)
+            atomic.prune_empty(draft.dest.parent, stop=self.root)
 
     @contextlib.contextmanager
     def workdir(self, label: str) -> Iterator[Path]:

@@ -3,6 +3,12 @@
 Readers are chosen by URI scheme (:data:`READERS`), so remote schemes plug in beside the local
 one. A copy whose md5 or size is wrong is deleted at once and never used; the next replica is
 tried, and only when every replica fails does staging fail, naming each reason.
+
+A local source is opened non-blocking and judged by ``fstat`` of the descriptor opened: only a
+regular file is read, so a FIFO or a device can neither hang a run nor feed it forever. What can
+be known without reading (the file's size, a remote body's announced length) is checked against
+the manifest's size and the free disk space before the first byte is copied, and no copy reads
+more than one byte past the size expected.
 """
 
 from __future__ import annotations
@@ -10,35 +16,75 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from genoflow.checksums import CHUNK
+from genoflow.checksums import CHUNK, NotRegularFileError, open_regular
 from genoflow.errors import ChecksumError, GenoflowError, SourceError, StorageError, redact
 
 # Writes that fail because the disk (or the process's file size limit, or a quota) is full.
 _FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+_FREE_SPACE_HINT = (
+    "free space under GENOFLOW_HOME (its cache and work folders), or point GENOFLOW_HOME at a "
+    "larger disk, then run again"
+)
 
 Opener = Callable[[str], AbstractContextManager[BinaryIO]]
 
 
 @contextmanager
 def open_local(uri: str) -> Iterator[BinaryIO]:
-    """Open a local path or ``file://`` URI for reading."""
-    path = unquote(urlsplit(uri).path) if uri.startswith("file://") else uri
+    """Open a local path or ``file://`` URI for reading: a regular file only, never blocking.
+
+    Raises:
+        SourceError: missing, unreadable, or not a regular file (a folder, FIFO, device…).
+    """
+    with _open_file(uri, None) as handle:
+        yield handle
+
+
+def _open_file(uri: str, roots: Sequence[Path] | None) -> BinaryIO:
+    """Open a local source without blocking; judge the descriptor opened (roots, then kind)."""
+    path = local_path(uri) or uri
+    check = None if roots is None else _confinement(uri, roots)
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below, after errors map
+        return open_regular(path, check=check)
     except FileNotFoundError as exc:
         raise SourceError("file not found", file=path) from exc
-    except IsADirectoryError as exc:
-        raise SourceError("is a folder, not a file", file=path) from exc
+    except NotRegularFileError as exc:
+        raise SourceError(
+            f"{exc.strerror}: only regular files are staged, and nothing was read",
+            file=path,
+            hint="point the manifest's uri at a regular file (copy a pipe's or a device's "
+            "data into one first)",
+        ) from None
     except PermissionError as exc:
         raise SourceError("permission denied", file=path) from exc
-    with handle:
-        yield handle
+    except OSError as exc:
+        raise SourceError(f"cannot open it: {exc.strerror or exc}", file=path) from exc
+
+
+def _confinement(uri: str, roots: Sequence[Path]) -> Callable[[int], None]:
+    allowed = [Path(os.path.realpath(root)) for root in roots]
+
+    def check(fd: int) -> None:
+        real = Path(os.path.realpath(f"/proc/self/fd/{fd}"))
+        if not any(real == root or root in real.parents for root in allowed):
+            listed = ", ".join(str(root) for root in allowed)
+            raise SourceError(
+                f"resolves outside the allowed roots ({listed})",
+                file=local_path(uri),
+                hint="move the file under the manifest's folder, or list its folder in "
+                "GENOFLOW_ALLOWED_ROOTS",
+            )
+
+    return check
 
 
 READERS: dict[str, Opener] = {"": open_local, "file": open_local}
@@ -55,22 +101,13 @@ def confined(roots: Sequence[Path]) -> Opener:
     """An opener for local files that refuses anything resolving outside ``roots``.
 
     The check is made on the file actually opened (``/proc/self/fd``), after every symlink is
-    resolved, so a symlink or a swapped path component cannot lead outside the roots.
+    resolved, so a symlink or a swapped path component cannot lead outside the roots. It comes
+    before the check of the file's kind, so nothing about a file outside the roots is told.
     """
-    allowed = [Path(os.path.realpath(root)) for root in roots]
 
     @contextmanager
     def open_confined(uri: str) -> Iterator[BinaryIO]:
-        with open_local(uri) as handle:
-            real = Path(os.path.realpath(f"/proc/self/fd/{handle.fileno()}"))
-            if not any(real == root or root in real.parents for root in allowed):
-                listed = ", ".join(str(root) for root in allowed)
-                raise SourceError(
-                    f"resolves outside the allowed roots ({listed})",
-                    file=local_path(uri),
-                    hint="move the file under the manifest's folder, or list its folder in "
-                    "GENOFLOW_ALLOWED_ROOTS",
-                )
+        with _open_file(uri, roots) as handle:
             yield handle
 
     return open_confined
@@ -97,21 +134,30 @@ def copy_verified(
 ) -> Path:
     """Copy one replica to ``dest`` while hashing it; delete the copy unless md5 and size match.
 
+    Before a byte is copied, the replica's size as known without reading it (``fstat`` of a
+    local file, a remote reader's announced length) is compared with ``size``, and the free
+    space under ``dest`` with the bytes to come. The copy never reads more than one byte past
+    the size expected, so a file that grows while it is read fails instead of running on.
+
     Raises:
-        SourceError: the replica cannot be read.
-        ChecksumError: the bytes read do not match ``md5`` or ``size``.
+        SourceError: the replica cannot be read, or is not a regular file.
+        ChecksumError: the replica's size or md5 is not ``size`` or ``md5``.
+        StorageError: the disk under ``dest`` has no room for the copy.
     """
     digest = hashlib.md5()
     written = 0
+    expected: int | None = None
     try:
         opener = confined(roots) if roots is not None and local_path(uri) else _reader(uri)
-        with opener(uri) as source, open(dest, "wb") as out:
-            while chunk := source.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                written += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+        with opener(uri) as source:
+            expected = _precheck(source, uri, dest, size=size, name=name)
+            with open(dest, "wb") as out:
+                for chunk in _chunks(source, None if expected is None else expected + 1):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    written += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
     except BaseException as exc:
         dest.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno in _FULL:
@@ -119,11 +165,14 @@ def copy_verified(
                 f"cannot write the staged copy after {written} bytes: {exc.strerror}",
                 file=name,
                 stage="stage",
-                hint="free space under GENOFLOW_HOME (its cache and work folders), then run again",
+                hint=_FREE_SPACE_HINT,
             ) from exc
         raise
     problem = None
-    if size is not None and written != size:
+    if expected is not None and written > expected:
+        said = "the manifest says" if size is not None else "it had when opened"
+        problem = f"it grew past {expected} bytes (the size {said}) while being read"
+    elif size is not None and written != size:
         problem = f"size is {written} bytes, the manifest says {size}"
     elif digest.hexdigest() != md5:
         problem = f"md5 is {digest.hexdigest()}, the manifest says {md5}"
@@ -133,6 +182,69 @@ def copy_verified(
         # there would swallow whatever text followed the URI.
         raise ChecksumError(f"{problem} (read from {redact(uri)})", file=name)
     return dest
+
+
+def known_size(source: BinaryIO) -> int | None:
+    """The size of what ``source`` will yield, known without reading it, else None.
+
+    A local regular file answers with ``fstat`` of its descriptor; a remote reader may announce
+    its body's length as a ``length`` attribute of itself or of its raw stream (HTTP
+    Content-Length, a GCS object's size).
+    """
+    try:
+        found = os.fstat(source.fileno())
+    except (AttributeError, OSError, ValueError):
+        found = None
+    if found is not None and stat.S_ISREG(found.st_mode):
+        return found.st_size
+    for reader in (source, getattr(source, "raw", None)):
+        length = getattr(reader, "length", None)
+        if isinstance(length, int) and length >= 0:
+            return length
+    return None
+
+
+def require_space(folder: Path, needed: int, *, name: str) -> None:
+    """Refuse to start writing ``needed`` bytes under ``folder`` when the disk has less free.
+
+    Raises:
+        StorageError: (stage ``stage``) the disk holding ``folder`` has too little free space.
+    """
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise StorageError(
+            f"staging needs {needed:,} bytes but only {free:,} are free on the disk holding "
+            f"{folder}; nothing was copied",
+            file=name,
+            stage="stage",
+            hint=_FREE_SPACE_HINT,
+        )
+
+
+def _precheck(source: BinaryIO, uri: str, dest: Path, *, size: int | None, name: str) -> int | None:
+    """Check what can be checked before reading; return the most bytes the copy may take."""
+    known = known_size(source)
+    if size is not None and known is not None and known != size:
+        raise ChecksumError(
+            f"size is {known} bytes, the manifest says {size} (read from {redact(uri)}; "
+            "nothing was copied)",
+            file=name,
+        )
+    expected = size if size is not None else known
+    if expected is not None:
+        require_space(dest.parent, expected, name=name)
+    return expected
+
+
+def _chunks(source: BinaryIO, cap: int | None) -> Iterator[bytes]:
+    """``source``'s bytes in chunks, at most ``cap`` of them in all (None: to the end)."""
+    taken = 0
+    while cap is None or taken < cap:
+        chunk = source.read(CHUNK if cap is None else min(CHUNK, cap - taken))
+        if not chunk:
+            return
+        taken += len(chunk)
+        yield chunk
 
 
 def stage(
