@@ -542,7 +542,6 @@ BAD_INPUTS = [
     ("vcf", b"##fileformat=VCFv4.2\nchr1\t5\t.\tA\tG\t.\t.\t.\n", "parse", "#CHROM"),
     ("vcf", b"chr1\t5\t.\tA\tG\t.\t.\n", "parse", "at least 8"),
     ("bed", b"", "parse", "no records"),
-    ("bed", b"track name=empty\n", "parse", "no records"),
     ("bed", b"chr1\t1\t5\nchr1\t+5\t20\n", "parse", "line 2: start is not an integer"),
     ("bed", b"chr1\t 5\t20\n", "parse", "start is not an integer"),
     ("bed", b"chr1\t5\t2e1\n", "parse", "end is not an integer"),
