@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from genoflow.checksums import open_regular
 from genoflow.errors import ManifestError
 
 __all__ = ["REQUIRED", "Record", "load_records"]
@@ -35,7 +36,8 @@ def load_records(path: Path) -> list[Record]:
         ManifestError: the file is missing, unreadable, not UTF-8, or not parseable at all.
     """
     try:
-        data = path.read_bytes()
+        with open_regular(path) as handle:  # a FIFO or device is refused, never waited on
+            data = handle.read()
     except FileNotFoundError:
         raise ManifestError("manifest not found", file=str(path), hint="check the path") from None
     except OSError as exc:

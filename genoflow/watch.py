@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from genoflow.checksums import open_regular
 from genoflow.errors import ManifestError
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ _CHUNK = 1 << 20
 def content_hash(path: Path) -> str:
     """A 128-bit BLAKE2b of the file's bytes, as 32 hex digits."""
     digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
+    # Never blocks: a FIFO named like a manifest raises NotRegularFileError (an OSError).
+    with open_regular(path) as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -179,7 +181,9 @@ def _is_manifest(entry: os.DirEntry) -> bool:
     return (
         not name.startswith(".")
         and name.lower().endswith(MANIFEST_SUFFIXES)
-        and entry.is_file(follow_symlinks=True)
+        # Not is_file(): a FIFO or device named like a manifest is listed, then refused as a
+        # problem by content_hash, rather than skipped without a word.
+        and not entry.is_dir(follow_symlinks=True)
     )
 
 
