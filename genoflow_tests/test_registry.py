@@ -1,9 +1,15 @@
-"""The source registry: WAL SQLite, idempotent registration, filters, and concurrent writers."""
+"""The source registry: WAL SQLite, idempotent registration, filters, and concurrent writers.
+
+Contention is never a failure: a registry call waits out another connection's lock, and only
+past its busy timeout says so, as "busy", never as an unreachable database.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
@@ -13,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from genoflow.errors import StorageError
 from genoflow.storage.registry import Registry, SourceRow
 
 PROCESSES = 4
@@ -171,3 +178,92 @@ def test_concurrent_registration_leaves_no_duplicates_and_no_lock_errors(tmp_pat
     assert registry.md5s() == [f"{n:032x}" for n in range(70)]
     assert sum(added for _, added in outcomes) == 70
     registry.close()
+
+
+def test_a_registry_opened_while_another_connection_writes_a_new_file_waits_instead_of_failing(
+    tmp_path: Path,
+) -> None:
+    # A rollback-journal file with a writer mid-transaction: switching it to WAL answered
+    # SQLITE_BUSY at once, without the busy handler, which is how processes opening a new
+    # registry at the same moment failed each other.
+    path = tmp_path / "registry.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE other (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO other VALUES (1)")
+    release = threading.Timer(1.0, writer.execute, args=("COMMIT",))
+    release.start()
+    started = time.monotonic()
+
+    registry = Registry(path)
+
+    release.join()
+    writer.close()
+    assert time.monotonic() - started >= 0.9
+    assert registry.register([row(1)]) == 1
+    registry.close()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_registry_locked_past_its_timeout_says_busy_and_keeps_sqlites_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.sqlite"
+    registry = Registry(path, busy_timeout=0.5)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+
+    with pytest.raises(StorageError) as raised:
+        registry.register([row(1)])
+
+    holder.execute("ROLLBACK")
+    holder.close()
+    message = str(raised.value)
+    assert "busy" in message
+    assert "database is locked (SQLITE_BUSY" in message
+    assert "0.5 s" in message
+    assert "reachable" not in message
+    assert "GENOFLOW_REGISTRY_URL" not in message
+    assert registry.register([row(1)]) == 1  # the same registry works once the lock is gone
+    registry.close()
+
+
+def _open_new_registries_together(paths: list[str], barrier: Barrier, results: Queue) -> None:
+    """For each path, open a new registry file at the same moment as every rival, register."""
+    outcomes = []
+    for number, path in enumerate(paths):
+        try:
+            barrier.wait(timeout=120)
+            registry = Registry(path)
+            registry.register([row(number)])
+            registry.close()
+            outcomes.append("ok")
+        except Exception as exc:  # sent to the parent, which fails the test with it
+            outcomes.append(repr(exc))
+    results.put(outcomes)
+
+
+def test_processes_opening_a_new_registry_file_at_the_same_moment_all_succeed(
+    tmp_path: Path,
+) -> None:
+    rounds, processes = 5, 6
+    paths = [str(tmp_path / f"round{n}" / "registry.sqlite") for n in range(rounds)]
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [
+        context.Process(target=_open_new_registries_together, args=(paths, barrier, results))
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=240) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+
+    failures = [o for outcome in outcomes for o in outcome if o != "ok"]
+    assert failures == [], failures
+    for number, path in enumerate(paths):
+        registry = Registry(path)
+        assert registry.md5s() == [f"{number:032x}"]
+        registry.close()

@@ -1,8 +1,11 @@
 """The registry: which manifest rows name which source md5, and where artifacts have replicas.
 
 SQL through SQLAlchemy Core: a SQLite file under ``GENOFLOW_HOME`` by default (WAL, a busy
-timeout, and ``BEGIN IMMEDIATE`` for every transaction so concurrent writers queue instead of
-failing on lock upgrades), or PostgreSQL with the same schema when several machines share it.
+timeout, and ``BEGIN IMMEDIATE`` for every transaction, reads included, so concurrent writers
+queue instead of failing on lock upgrades), or PostgreSQL with the same schema when several
+machines share it. A registry call waits out another process's lock (up to ``busy_timeout``
+seconds) and never fails on contention; past that, its error says the database is busy, naming
+SQLite's own error, never that it is unreachable.
 Registering the same row twice is a no-op, so a manifest read again never duplicates rows. The
 ``location``/``artifact``/``replica`` tables belong to :mod:`genoflow.storage.replicas`; every
 write there is an ``ON CONFLICT`` upsert, so racing writers converge on one row.
@@ -13,6 +16,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import random
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,10 @@ _DDL_LOCK = 0x67656E6F  # "geno": the advisory lock key taken while creating tab
 # Seconds to wait for a PostgreSQL server to answer (libpq's connect_timeout) unless the URL
 # sets one: without it, a host that accepts connections but never answers hangs every run.
 CONNECT_TIMEOUT = 10
+# Seconds a registry call waits for another process's lock on the SQLite file before failing.
+BUSY_TIMEOUT = 60.0
+# SQLite's primary result codes for a lock held elsewhere; extended codes keep them in the low byte.
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 source_rows = sa.Table(
     "source_row",
@@ -105,20 +115,54 @@ class SourceRow:
     extra: dict[str, Any]
 
 
-def _sqlite_engine(url: str) -> Engine:
-    engine = sa.create_engine(url, connect_args={"timeout": 60})
+def is_busy(error: BaseException | None) -> bool:
+    """Whether ``error`` is SQLite saying another connection holds the lock (SQLITE_BUSY or
+    SQLITE_LOCKED, with any extended code), as opposed to a database that cannot be used.
+
+    Args:
+        error: a DBAPI exception (a SQLAlchemy error's ``orig``), or None.
+    """
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
+def _switch_to_wal(dbapi_connection: sqlite3.Connection, timeout: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried with backoff while the database is busy.
+
+    Switching a rollback-journal file to WAL needs its exclusive lock, and while another
+    connection holds a write lock SQLite answers SQLITE_BUSY at once, without calling the busy
+    handler (a wait could deadlock). Processes opening a new registry file at the same moment
+    are each other's writers: without the retry, all but one failed with "database is locked"
+    in a millisecond despite the 60 s busy timeout. Once the file is WAL the pragma is a no-op.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 0.25)
+
+
+def _sqlite_engine(url: str, busy_timeout: float) -> Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": busy_timeout})
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
+        dbapi_connection.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        _switch_to_wal(dbapi_connection, busy_timeout)
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
+        # Every transaction, reads included, takes the write lock when it starts (waiting on
+        # the busy handler): a deferred transaction upgraded to a write in WAL mode fails with
+        # SQLITE_BUSY_SNAPSHOT at once, without waiting.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
@@ -137,15 +181,20 @@ class Registry:
 
     Args:
         url: a SQLAlchemy URL, or a filesystem path to a SQLite file.
+        busy_timeout: seconds a call waits for another process's lock on a SQLite file.
     """
 
-    def __init__(self, url: str | Path) -> None:
+    def __init__(self, url: str | Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         url = str(url)
         if "://" not in url:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{Path(url).resolve()}"
         self.url = url
-        self.engine = _sqlite_engine(url) if url.startswith("sqlite") else _server_engine(url)
+        self.busy_timeout = busy_timeout
+        if url.startswith("sqlite"):
+            self.engine = _sqlite_engine(url, busy_timeout)
+        else:
+            self.engine = _server_engine(url)
         with self.begin() as connection:
             if connection.dialect.name == "postgresql":
                 # Concurrent CREATE TABLE on PostgreSQL races on its catalogue: serialize it.
@@ -172,16 +221,37 @@ class Registry:
         try:
             yield
         except sa.exc.OperationalError as exc:
-            # OperationalError is the database's side (down, unreachable, locked, full); the
-            # statement is not shown, only the driver's first line.
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            raise StorageError(
-                f"the registry cannot be used: {reason}",
-                file=self.engine.url.render_as_string(hide_password=True),
+            raise self._error(exc) from exc
+
+    def _error(self, exc: sa.exc.OperationalError) -> StorageError:
+        """The StorageError for a database-side failure, keeping the driver's own words.
+
+        OperationalError is the database's side (busy, down, unreachable, full); the statement's
+        parameters are never shown, only the driver's first line, SQLite's error name and the
+        statement's first words.
+        """
+        orig = exc.orig
+        reason = str(orig).strip().splitlines()[0] if orig else type(exc).__name__
+        name = getattr(orig, "sqlite_errorname", None)
+        statement = " ".join((exc.statement or "").split()[:3]) or "opening a connection"
+        detail = f"{reason} ({name + ', ' if name else ''}during {statement})"
+        where = self.engine.url.render_as_string(hide_password=True)
+        if is_busy(orig):
+            return StorageError(
+                f"the registry database is busy: another process kept it locked for more than "
+                f"{self.busy_timeout:g} s: {detail}",
+                file=where,
                 stage="registry",
-                hint="check GENOFLOW_REGISTRY_URL and that its database server is running and "
-                "reachable, then run again",
-            ) from exc
+                hint="wait for the other genoflow process using this registry to finish (or "
+                "stop it), then run again",
+            )
+        return StorageError(
+            f"the registry cannot be used: {detail}",
+            file=where,
+            stage="registry",
+            hint="check GENOFLOW_REGISTRY_URL and that its database server is running and "
+            "reachable, then run again",
+        )
 
     def register(self, rows: Iterable[Any]) -> int:
         """Record manifest rows (objects with the ManifestRow fields); return how many were new."""
