@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from genoflow.config import ConfigError, Settings
+from genoflow.config import ConfigError, Settings, foreign_dagster_yaml
 from genoflow.errors import GenoflowError, ManifestError
 from genoflow.manifest import Manifest, read_manifests
 from genoflow.outcome import Outcome
@@ -72,12 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         settings.check_writable()  # before any command creates a folder or a database
-    except ConfigError as exc:
-        print(f"genoflow: {exc}", file=sys.stderr)
-        return 2
-    try:
+        if foreign_dagster_yaml(settings.dagster_home):
+            _open_instance(settings)  # only Dagster can validate it; kept open for the command
         return _dispatch(args, settings)
-    except ConfigError as exc:  # found only once a command looks (a foreign dagster.yaml)
+    except ConfigError as exc:
         print(f"genoflow: {exc}", file=sys.stderr)
         return 2
 

@@ -29,14 +29,18 @@ _GENERATED = "# Written by genoflow for the embedded single-machine instance (SQ
 
 def dagster_storage_yaml(dagster_home: Path) -> str:
     """Dagster's SQLite storages in their usual folders under ``dagster_home``, through
-    subclasses that open each database once (genoflow/dagster_storage.py)."""
+    subclasses that open each database once and create it once across processes
+    (genoflow/dagster_storage.py)."""
     history = json.dumps(str(dagster_home / "history"))  # a JSON string is a YAML string
     runs = json.dumps(str(dagster_home / "history" / "runs"))
+    schedules = json.dumps(str(dagster_home / "schedules"))
     return (
         f"run_storage:\n  module: genoflow.dagster_storage\n  class: RunStorage\n"
         f"  config:\n    base_dir: {history}\n"
         f"event_log_storage:\n  module: genoflow.dagster_storage\n  class: EventLogStorage\n"
         f"  config:\n    base_dir: {runs}\n"
+        f"schedule_storage:\n  module: genoflow.dagster_storage\n  class: ScheduleStorage\n"
+        f"  config:\n    base_dir: {schedules}\n"
     )
 
 
@@ -55,6 +59,17 @@ class ConfigError(GenoflowError, ValueError):
 def _bad(variable: str, value: str, problem: str, hint: str) -> ConfigError:
     """``[config] VARIABLE=value: problem — hint`` (the caller hides any secret in value)."""
     return ConfigError(problem, file=f"{variable}={value}", hint=hint)
+
+
+def foreign_dagster_yaml(dagster_home: Path) -> bool:
+    """Whether ``dagster_home`` holds a ``dagster.yaml`` genoflow did not write (a deployment's
+    own: PostgreSQL storages, a run launcher…), which only Dagster can validate."""
+    config = dagster_home / "dagster.yaml"
+    try:
+        with open(config, "rb") as handle:
+            return not handle.read(len(_GENERATED)).startswith(_GENERATED.encode())
+    except OSError:
+        return config.exists()  # there but unreadable: Dagster will say why
 
 
 @dataclass(frozen=True)
@@ -224,8 +239,12 @@ def _max_expansion(value: str) -> float:
     except ValueError:
         ratio = -1.0
     if not ratio >= 0 or ratio == float("inf"):
-        raise ValueError(
-            f"GENOFLOW_MAX_EXPANSION must be a ratio of 0 or more (0: no cap), got {value!r}"
+        raise _bad(
+            "GENOFLOW_MAX_EXPANSION",
+            value,
+            "is not a ratio of 0 or more",
+            f"set it to the most decompressed bytes per compressed byte an input may have "
+            f"(default {DEFAULT_MAX_EXPANSION:g}; 0 means no cap), or unset it",
         )
     return ratio
 
