@@ -21,15 +21,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import logging
 import os
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from urllib.parse import urlsplit
 
 from genoflow.checksums import md5_file
 from genoflow.errors import SourceError, StorageError, redact
@@ -51,39 +54,110 @@ _REPLICA_HINT = "invalidate this replica and use another"
 def make_filesystem(
     *, endpoint_url: str | None = None, token: Any = None, project: str | None = None
 ) -> GCSFileSystem:
-    """A fresh gcsfs file system (no instance or listings cache); no request is made yet.
+    """A fresh gcsfs file system (no instance or listings cache), for an endpoint that resolves.
+
+    Only the endpoint's host name is looked up (:func:`check_resolves`); no request is made yet.
 
     Args:
         endpoint_url: an emulator's ``http://host:port``; default ``STORAGE_EMULATOR_HOST``.
         token: gcsfs credentials; default anonymous against an emulator, else gcsfs's chain.
         project: the project for bucket-level calls.
+
+    Raises:
+        UnresolvedHostError: the endpoint's host name does not resolve.
     """
     core = _import_gcsfs()
     if token is None and (endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST")):
         token = "anon"
+    # Resolve before google-auth searches for credentials: it may probe a metadata server for
+    # ~15 s. With given credentials, building first reports a malformed token before the DNS.
+    searching = token is None
+    if searching:
+        check_resolves(endpoint_url)
     extra = {"project": project} if project else {}
     # The core class: gcsfs.GCSFileSystem is the zonal subclass if gcsfs was imported earlier.
-    return core.GCSFileSystem(
+    fs = core.GCSFileSystem(
         token=token,
         endpoint_url=endpoint_url,
         skip_instance_cache=True,
         use_listings_cache=False,
         **extra,
     )
+    if not searching:
+        check_resolves(endpoint_url)
+    return fs
+
+
+class UnresolvedHostError(ConnectionError):
+    """The store's host name does not resolve (DNS): permanent, never retried."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"cannot resolve host {host}: {reason}")
+        self.host = host
+
+
+def check_resolves(endpoint_url: str | None = None) -> None:
+    """Fail at once when the store's host name does not resolve; before any other request.
+
+    gcsfs retries a failed connection six times over about 30 s, logging a traceback each
+    time, and google-auth may first probe a metadata server for as long: a name that does not
+    resolve fails every time, so asking the resolver first turns all that into one error.
+
+    Args:
+        endpoint_url: the endpoint a file system will use; default gcsfs's own choice
+            (``STORAGE_EMULATOR_HOST``, else Google's).
+
+    Raises:
+        UnresolvedHostError: the endpoint's host name does not resolve.
+    """
+    location = endpoint_url or _import_gcsfs()._location()
+    if "://" not in location:
+        location = f"http://{location}"  # gcsfs reads a bare STORAGE_EMULATOR_HOST this way
+    endpoint = urlsplit(location)
+    host = endpoint.hostname
+    if host:
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise UnresolvedHostError(host, str(exc)) from None
+
+
+def unresolved_host(exc: BaseException) -> str | None:
+    """The host name whose resolution failed somewhere in ``exc``'s chain, else None."""
+    seen: BaseException | None = exc
+    for _ in range(16):  # chains are short; the bound only guards against a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, UnresolvedHostError):
+            return seen.host
+        if _is_dns_error(seen):
+            host = getattr(seen, "host", None)  # aiohttp's error names it; gaierror does not
+            return host if isinstance(host, str) and host else "(the store's endpoint)"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _is_dns_error(exc: BaseException) -> bool:
+    import aiohttp
+
+    return isinstance(exc, socket.gaierror | aiohttp.ClientConnectorDNSError)
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether repeating the operation that raised ``exc`` may succeed.
 
     True for HTTP 408, 429 and 5xx, dropped or refused connections, truncated bodies and
-    timeouts; False for the rest (missing objects, failed preconditions, access denied, bad
-    requests, checksum mismatches, the project's own errors).
+    timeouts; False for the rest (host names that do not resolve, missing objects, failed
+    preconditions, access denied, bad requests, checksum mismatches, the project's own errors).
     """
     import aiohttp  # gcsfs's dependencies, loaded with it on first use
     import requests
 
     if isinstance(exc, FileNotFoundError | FileExistsError | PermissionError):
         return False
+    if unresolved_host(exc) is not None:
+        return False  # a name that does not resolve now will not in the next seconds either
     status = _http_status(exc)
     if status is not None:
         return status in TRANSIENT_HTTP
@@ -126,6 +200,9 @@ def describe(exc: BaseException) -> str:
     """A one-line reason for a store error, without credentials or URL query strings."""
     if isinstance(exc, FileNotFoundError):
         return "not found (HTTP 404)"
+    host = unresolved_host(exc)
+    if host is not None:
+        return f"cannot resolve host {host}"
     text = str(exc).strip()
     if isinstance(exc, PermissionError) or text.startswith("Forbidden"):
         return "access denied (HTTP 403)"
@@ -461,6 +538,11 @@ def _http_status(exc: BaseException) -> int | None:
 
 
 def _hint(exc: BaseException, bucket: str) -> str:
+    if unresolved_host(exc) is not None:
+        return (
+            "check the store's endpoint (STORAGE_EMULATOR_HOST, when set) and this machine's "
+            "DNS and network"
+        )
     if is_transient(exc):
         return "the store is unreachable or overloaded; try again later"
     if describe(exc).startswith(("access denied", "HTTP 401", "HTTP 403")):
@@ -504,9 +586,28 @@ def _store_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+class _NoRaisedTracebacks(logging.Filter):
+    """Lower gcsfs's ``logger.exception`` records to DEBUG, without their traceback.
+
+    gcsfs logs a traceback for each request that ran out of retries and then raises the same
+    error, which this module turns into one message naming the object, the stage and what to
+    do; the traceback would only bury that message (and could show a URL).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info or record.levelno >= logging.ERROR:
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def _import_gcsfs() -> Any:
     """gcsfs's core module, imported only after switching off its zonal-bucket support."""
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     import gcsfs.core  # the variable above must be set before this import
+
+    logger = logging.getLogger("gcsfs")
+    if not any(isinstance(f, _NoRaisedTracebacks) for f in logger.filters):
+        logger.addFilter(_NoRaisedTracebacks())
 
     return gcsfs.core
