@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 from genoflow.errors import GenoflowError, ManifestError
 from genoflow.formats import FAMILY, FORMATS, Family, format_from_name, normalize_format
 from genoflow.manifest_records import REQUIRED, Record, load_records
-from genoflow.uris import CONTROL, URI_RESOLVERS, Resolver, resolve_uri, uri_basename
+from genoflow.uris import URI_RESOLVERS, Resolver, resolve_uri, unsafe_character, uri_basename
 
 __all__ = [
     "REQUIRED",
@@ -202,8 +203,11 @@ def _show(value: str) -> str:
 
 
 def _name_problem(name: str) -> str | None:
-    if CONTROL.search(name):
-        return f"name {_show(name)} contains a control character"
+    if unsafe := unsafe_character(name):
+        return (
+            f"name {_show(name)} contains {unsafe}, which can make it display as another name "
+            "— remove it"
+        )
     if "/" in name or "\\" in name:
         return f"name {_show(name)} contains a path separator (a file name, not a path, is needed)"
     if name.startswith("."):
@@ -305,41 +309,132 @@ def validate_record(
     return ManifestRow(manifest, line, name, resolved, md5, fmt, FAMILY[fmt], size, extra)
 
 
-def conflicts(keys: Iterable[tuple[str, str, str]]) -> bool:
-    """Whether :func:`_cross_check` would drop any of rows with these (name, md5, format)."""
+def conflicts(keys: Iterable[tuple[str, str, str, int | None]]) -> bool:
+    """Whether :func:`_cross_check` would drop any of rows with these (name, md5, format,
+    size): a name with two md5s, or an md5 with two formats or two declared sizes."""
     md5_of: dict[str, str] = {}
     format_of: dict[str, str] = {}
-    for name, md5, fmt in keys:
+    size_of: dict[str, int] = {}
+    for name, md5, fmt, size in keys:
         if md5_of.setdefault(name, md5) != md5 or format_of.setdefault(md5, fmt) != fmt:
+            return True
+        if size is not None and size_of.setdefault(md5, size) != size:
             return True
     return False
 
 
 def _cross_check(rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[RowError]]:
-    """Drop every row of a name with two md5s, then rows whose md5 was seen with another format."""
+    """Drop every row of a name with two md5s, then the rows of an md5 that disagree with the
+    others on ``format`` or ``size`` (:func:`_disagreeing`)."""
     md5_of: dict[str, str] = {}
     by_name: dict[str, list[ManifestRow]] = {}  # only names given two md5s
     for row in rows:
         if md5_of.setdefault(row.name, row.md5) != row.md5:
             by_name[row.name] = []
+    by_md5: dict[str, list[ManifestRow]] = {}
     for row in rows:
         if row.name in by_name:
             by_name[row.name].append(row)
-    errors: list[RowError] = []
-    kept: list[ManifestRow] = []
-    first_of: dict[str, ManifestRow] = {}
-    for row in rows:
-        if row.name in by_name:
-            same_name = by_name[row.name]
-            listing = ", ".join(f"{other.md5} at {other.location()}" for other in same_name[:4])
-            more = f" and {len(same_name) - 4} more" if len(same_name) > 4 else ""
-            reason = f"name {_show(row.name)} has conflicting md5s ({listing}{more}); all dropped"
-            errors.append(RowError(row.manifest, row.line, reason))
-            continue
-        first = first_of.setdefault(row.md5, row)
-        if first.format != row.format:
-            reason = f"md5 {row.md5} is {row.format} here but {first.format} at {first.location()}"
-            errors.append(RowError(row.manifest, row.line, reason))
-            continue
-        kept.append(row)
+        else:
+            by_md5.setdefault(row.md5, []).append(row)
+    dropped: dict[ManifestRow, str] = {}
+    for name, same_name in by_name.items():
+        listing = _listing(same_name, lambda other: other.md5)
+        reason = f"name {_show(name)} has conflicting md5s ({listing}); all dropped"
+        dropped.update((row, reason) for row in same_name)
+    for group in by_md5.values():
+        if len(group) > 1:
+            dropped.update(_disagreeing(group))
+    kept = [row for row in rows if row not in dropped]
+    errors = [RowError(row.manifest, row.line, reason) for row, reason in dropped.items()]
     return kept, errors
+
+
+def _places(rows: list[ManifestRow]) -> str:
+    shown = ", ".join(row.location() for row in rows[:4])
+    return shown + (f" and {len(rows) - 4} more" if len(rows) > 4 else "")
+
+
+def _listing(rows: list[ManifestRow], value: Callable[[ManifestRow], object]) -> str:
+    shown = ", ".join(f"{value(row)} at {row.location()}" for row in rows[:4])
+    return shown + (f" and {len(rows) - 4} more" if len(rows) > 4 else "")
+
+
+Evidence = dict[object, dict[ManifestRow, str]]
+"""value -> the rows whose files show it, and how: ``{11: {row: "the file /data/a.bed has"}}``."""
+
+
+def _disagreeing(group: list[ManifestRow]) -> dict[ManifestRow, str]:
+    """The rows of one md5 to drop, each with its own reason.
+
+    One rule for ``format`` and ``size``: when the rows declare different values, the value
+    the files show without being opened wins (a local replica's size from ``stat``; the format
+    the rows' own file names say), else the value most rows declare; every row declaring
+    another value is dropped. When nothing settles it (a tie), every row declaring a value is
+    dropped: which one is right cannot be told. Rows declaring no size never conflict.
+    """
+    reasons: dict[ManifestRow, list[str]] = {}
+    columns: tuple[tuple[str, Callable[[ManifestRow], object], Callable[..., Evidence]], ...] = (
+        ("format", lambda row: row.format, _named_formats),
+        ("size", lambda row: row.size, _stat_sizes),
+    )
+    for column, value, evidence in columns:
+        declared = [row for row in group if value(row) is not None]
+        if len({value(row) for row in declared}) < 2:
+            continue
+        shown = evidence(group)
+        winner, basis = _settle([value(row) for row in declared], shown)
+        for row in declared:
+            if value(row) == winner:
+                continue
+            if winner in shown:  # the row's own file, when it is one that shows the winner
+                basis = shown[winner].get(row) or next(iter(shown[winner].values()))
+            others = [other for other in declared if value(other) != value(row)]
+            if winner is None:
+                why = f"other rows say {_listing(others, value)}; which is right cannot be told"
+                why += ", so every row of this md5 declaring one is dropped"
+            else:
+                unit = " bytes" if column == "size" else ""
+                agree = [other for other in declared if value(other) == winner]
+                where = "" if basis.startswith("the file") else " at " + _places(agree)
+                why = f"{basis} {winner}{unit}{where} (the rows that agree are kept)"
+            problem = f"md5 {row.md5} has {column} {value(row)} here, but {why}"
+            reasons.setdefault(row, []).append(problem)
+    return {row: "; ".join(found) for row, found in reasons.items()}
+
+
+def _settle(values: list[object], shown: Evidence) -> tuple[object | None, str]:
+    """The winning value among ``values`` and why, or (None, "") for a tie."""
+    candidates = [value for value in dict.fromkeys(values) if value in shown]
+    if len(candidates) == 1:
+        return candidates[0], "the files show"
+    counts = sorted(((values.count(value), value) for value in set(values)), reverse=True)
+    if counts[0][0] > counts[1][0]:
+        return counts[0][1], f"{counts[0][0]} of the {len(values)} rows declare"
+    return None, ""
+
+
+def _stat_sizes(group: list[ManifestRow]) -> Evidence:
+    """Sizes of the group's local replicas, from ``stat`` (never opened: a FIFO cannot block)."""
+    shown: Evidence = {}
+    for row in group:
+        if not row.uri.startswith("/"):
+            continue
+        try:
+            info = os.stat(row.uri)
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(info.st_mode):
+            shown.setdefault(info.st_size, {})[row] = f"the file {row.uri} has"
+    return shown
+
+
+def _named_formats(group: list[ManifestRow]) -> Evidence:
+    """Formats the group's file names (name column, then uri) say by their suffix."""
+    shown: Evidence = {}
+    for row in group:
+        for label in (row.name, uri_basename(row.uri)):
+            fmt = format_from_name(label)
+            if fmt is not None:
+                shown.setdefault(fmt, {}).setdefault(row, f"the file name {_show(label)} says")
+    return shown

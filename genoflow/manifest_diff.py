@@ -8,7 +8,8 @@ manifest's lines found in it are not parsed again; every other line (new, edited
 before, so it is logged again) is parsed and validated at its own line number. The result is
 what a full read gives, less the rows handled before — or the full read itself whenever lines
 cannot be told apart (no sidecar or an unreadable one, JSON, a quote character that could join
-lines, another header, a name or an md5 in conflict across rows). No Dagster here.
+lines, another header, rows in conflict: a name with two md5s, an md5 with two formats or two
+sizes). No Dagster here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from genoflow.manifest import (
     Manifest,
@@ -33,8 +35,8 @@ from genoflow.manifest import (
 )
 from genoflow.manifest_records import parse_table
 
-_VERSION = 1
-RowKey = Sequence[str]  # name, md5, format: what rows are checked against each other by
+_VERSION = 2  # 2: a row's key holds its declared size too
+RowKey = Sequence[Any]  # name, md5, format, size: what rows are checked against each other by
 
 
 def line_hash(line: str) -> str:
@@ -110,7 +112,7 @@ class SidecarStore:
                 return None
             rows = data["rows"]
             # The rename makes a torn file impossible; this catches a hand-edited one, cheaply.
-            if not isinstance(rows, dict) or not all(len(key) == 3 for key in rows.values()):
+            if not isinstance(rows, dict) or not all(len(key) == 4 for key in rows.values()):
                 return None
             return HandledLines(str(data["header"]), str(data["base"]), rows)
         except (OSError, ValueError, TypeError, KeyError):
@@ -228,10 +230,14 @@ def _read_new_lines(
             masked.append("\n")
     records = parse_table("".join(masked), path)
     rows, errors = validate_records(path, records, md5_lookup=md5_lookup, base=str(folder))
-    if conflicts([*kept, *((row.name, row.md5, row.format) for row in rows)]):
+    if conflicts([*kept, *(_key(row) for row in rows)]):
         return None  # which rows a conflict drops is the full read's call
     manifest = Manifest(paths=[path], rows=rows, errors=errors)
     return ChangedRead(manifest, True, lines, str(folder), handled)
+
+
+def _key(row: ManifestRow) -> RowKey:
+    return (row.name, row.md5, row.format, row.size)
 
 
 def _handled(
@@ -249,5 +255,5 @@ def _handled(
         # A row not found on its line (the file changed under the full read, or its md5 was
         # looked up in a bucket) is left out, so it is read again on the next change.
         if row.md5 in line.lower() and row.name in line:
-            handled[line_hash(line)] = (row.name, row.md5, row.format)
+            handled[line_hash(line)] = _key(row)
     return HandledLines(line_hash(lines[header]), folder, handled)

@@ -24,6 +24,9 @@ from genoflow.errors import ManifestError
 __all__ = ["REQUIRED", "Record", "load_records"]
 
 REQUIRED = ("name", "uri", "md5")
+FIELD_LIMIT = 131072
+"""The longest field a manifest may hold, in characters: Python's csv default, applied to
+JSON manifests too. No column needs it; metadata that long belongs in a file of its own."""
 
 Record = tuple[int, "dict[str, str] | str"]
 """``(line, fields)``, or ``(line, reason it is unusable)``."""
@@ -100,8 +103,25 @@ def _read_json(text: str, path: Path) -> list[Record]:
                 fields = f"field {column[:60]!r} is given twice (names are case-insensitive)"
                 break
             fields[column] = _text(value)
+        if isinstance(fields, dict) and any(len(value) > FIELD_LIMIT for value in fields.values()):
+            fields = _too_long()
         records.append((index, fields))
     return records
+
+
+def _too_long() -> str:
+    return (
+        f"a field is longer than {FIELD_LIMIT} characters — shorten it (long metadata belongs "
+        "in a file the row points at); in TSV/CSV, a quote left open also runs a field on over "
+        "the next lines"
+    )
+
+
+def _csv_problem(exc: csv.Error, what: str) -> str:
+    reason = str(exc)
+    if reason.startswith("field larger than field limit"):
+        return f"{what}: {_too_long()}"
+    return f"{what}: " + reason.replace("\t", "\\t")  # csv names the delimiter literally
 
 
 class _Lines:
@@ -148,10 +168,10 @@ def parse_table(text: str, path: Path) -> list[Record]:
         except StopIteration:
             break
         except csv.Error as exc:
-            reason = str(exc).replace("\t", "\\t")  # csv names the delimiter literally
             if header is None:
-                raise ManifestError(f"unreadable header: {reason}", file=str(path)) from None
-            records.append((lines.first, f"unparseable row: {reason}"))
+                reason = _csv_problem(exc, "unreadable header")
+                raise ManifestError(reason, file=str(path)) from None
+            records.append((lines.first, _csv_problem(exc, "unparseable row")))
             continue
         finally:
             lines.at_boundary = True

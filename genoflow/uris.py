@@ -11,16 +11,45 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from genoflow.errors import SourceError, redact
 
-__all__ = ["CONTROL", "URI_RESOLVERS", "Resolver", "resolve_uri", "uri_basename"]
+__all__ = [
+    "CONTROL",
+    "URI_RESOLVERS",
+    "Resolver",
+    "resolve_uri",
+    "unsafe_character",
+    "uri_basename",
+]
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-"""Control characters, refused in URIs and in file names alike."""
+"""C0 and C1 control characters (a subset of what :func:`unsafe_character` finds)."""
+
+# Cc: controls; Cf: format characters, among them the bidi controls (U+202A-U+202E,
+# U+2066-U+2069, U+200E/U+200F, U+061C) and zero-width ones (U+200B-U+200D, U+2060, U+FEFF);
+# Zl/Zp: line and paragraph separators; Cs: lone surrogates (a JSON "\ud800").
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
+
+
+def unsafe_character(text: str) -> str | None:
+    """The first character of ``text`` that can make it print as something else, or None.
+
+    Control, format (bidi overrides, zero-width), separator and surrogate characters qualify:
+    ``"a\u202egpj.bed"`` prints as ``abed.jpg``, and ``"a\u200b.bed"`` as ``a.bed``.
+
+    Returns:
+        e.g. ``"U+202E (RIGHT-TO-LEFT OVERRIDE)"``.
+    """
+    for char in text:
+        if unicodedata.category(char) in _UNSAFE_CATEGORIES:
+            return f"U+{ord(char):04X} ({unicodedata.name(char, 'a control character')})"
+    return None
+
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -48,8 +77,8 @@ def _resolve_file(uri: str, base: Path) -> str:
         problem = "file uri must not carry a query or fragment"
     elif not path.startswith("/"):
         problem = "file uri must hold an absolute path (file:///…)"
-    elif CONTROL.search(path):
-        problem = "uri contains a control character"
+    elif unsafe := unsafe_character(path):
+        problem = f"uri contains {unsafe}"
     if problem:
         raise SourceError(problem, file=_redacted(uri), stage="manifest")
     return os.path.normpath(path)
@@ -89,10 +118,10 @@ def resolve_uri(uri: str, *, base: Path | str) -> str:
     Raises:
         SourceError: unsupported scheme, or a malformed URI (the message never shows a query).
     """
+    if unsafe := unsafe_character(uri):
+        raise SourceError(f"uri contains {unsafe}", file=_redacted(uri), stage="manifest")
     match = _SCHEME.match(uri)
     if match is None and not uri.lower().startswith("file:"):
-        if CONTROL.search(uri):
-            raise SourceError("uri contains a control character", file=uri, stage="manifest")
         if isinstance(base, str) and base.startswith("gs://") and not uri.startswith("/"):
             return _in_bucket(uri, base)
         return os.path.normpath(os.path.join(base, uri))
