@@ -27,6 +27,9 @@ from genoflow.storage.node import Node
 from genoflow.storage.registry import SourceRow
 
 from .conftest import DATA, run_cli
+from .gcs_emulator import GcsEmulator, gcs_bucket, gcs_emulator  # noqa: F401
+
+# ruff: noqa: F811 - pytest fixtures imported from the emulator module
 
 DEMO = DATA / "manifests" / "demo"
 ROWS = {  # family → (name, md5)
@@ -221,3 +224,28 @@ def test_a_cache_folder_registered_invalid_is_absent_to_the_node_and_moved_aside
         assert replica is not None and replica.data_type is DataType.INVALID
     finally:
         node.close()
+
+
+def test_when_the_local_and_the_gcs_copy_are_both_damaged_repair_rebuilds_and_republishes_both(
+    tmp_path: Path, gcs_bucket: str, gcs_emulator: GcsEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genoflow.storage.gcs import make_filesystem
+
+    monkeypatch.setenv("GENOFLOW_REPLICAS", f"gs://{gcs_bucket}/genoflow")
+    manifest = _manifest(tmp_path, {"intervals": ROWS["intervals"]}, DEMO)
+    home = tmp_path / "home"
+    assert _cli(home, "run", str(manifest)).returncode == 0
+    folder, local = _target(home, "intervals", "sorted", ".bed.gz")
+    key = key_for("intervals", ROWS["intervals"][1], "sorted")
+    name = f"genoflow/{key.relpath}/{local.name}"
+    good = local.read_bytes()
+    _flip(local)
+    make_filesystem(token="anon").pipe_file(f"{gcs_bucket}/{name}", local.read_bytes())
+
+    repaired = _cli(home, "verify", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert f"rebuilt   {folder}:" in repaired.stdout
+    assert f"rebuilt   gs://{gcs_bucket}/genoflow/{key.relpath}:" in repaired.stdout
+    assert local.read_bytes() == good
+    assert gcs_emulator.object_file(gcs_bucket, name).read_bytes() == good
+    assert _cli(home, "verify").returncode == 0
