@@ -14,22 +14,33 @@ between them and Dagster's classes either way) and change only how they are open
 - a new run's database is a copy of an empty one this process created through Dagster's own
   initialisation, so it has exactly Dagster's schema and migration stamp.
 
-``genoflow/config.py`` names them, with Dagster's own folders for them (``history`` and
-``history/runs`` in the instance folder), in the ``dagster.yaml`` it writes for the embedded
-instance.
+Creating an instance's databases is idempotent across processes. Dagster's SQLite storages check
+whether their tables exist and then create them, so the webserver, the daemon and a run opening
+a new instance at the same moment both saw none, and one failed with "table runs already
+exists" (or stamped the migration version twice, which breaks the database for good). Every
+process opening a database through these classes holds a lock file beside it
+(``.runs.db.lock``, ``.index.db.lock``, ``.schedules.db.lock``) while it checks and creates,
+and retries what a process not taking the lock (Dagster's own classes) can still cause.
+
+``genoflow/config.py`` names them, with Dagster's own folders for them (``history``,
+``history/runs`` and ``schedules`` in the instance folder), in the ``dagster.yaml`` it writes
+for the embedded instance.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sqlite3
 import tempfile
 import threading
+import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from dagster import StringSource
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
@@ -38,15 +49,83 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorage,
 )
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
 from dagster._core.storage.sqlite import create_db_conn_string
 from dagster._serdes import ConfigurableClassData
+from filelock import FileLock, Timeout
 from sqlalchemy import create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
+
+from genoflow.errors import StorageError
 
 # Run databases whose engines (and pooled connections) a process keeps, besides the index: a
 # long-lived webserver reads many runs; the least recently used ones are closed.
 MAX_SHARD_ENGINES = 16
+# Seconds a process waits for another one to finish creating an instance's database.
+CREATION_TIMEOUT = 120.0
+# What a concurrent creation by a process that does not take the lock looks like.
+_CONCURRENT_CREATION = re.compile(
+    r"table \w+ already exists|database is locked|UNIQUE constraint failed: alembic_version"
+)
+_T = TypeVar("_T")
+
+
+@contextmanager
+def creating(base_dir: str, database: str) -> Iterator[None]:
+    """Hold ``{base_dir}/.{database}.lock`` while ``database`` there is checked and created.
+
+    Args:
+        base_dir: the storage's folder (created if missing).
+        database: the database's file name, e.g. ``runs.db``.
+
+    Raises:
+        StorageError: the folder cannot be written, or another process held the lock for longer
+            than ``CREATION_TIMEOUT``.
+    """
+    lock_path = os.path.join(base_dir, f".{database}.lock")
+    try:
+        os.makedirs(base_dir, exist_ok=True)
+        lock = FileLock(lock_path, timeout=CREATION_TIMEOUT)
+        lock.acquire()
+    except Timeout as exc:
+        raise StorageError(
+            f"another process has been creating {database} for more than {CREATION_TIMEOUT:g} s",
+            file=lock_path,
+            stage="instance",
+            hint="wait for the other genoflow or Dagster process to finish (or stop it), then "
+            "run again",
+        ) from exc
+    except OSError as exc:
+        raise StorageError(
+            f"the Dagster instance folder cannot be written: {exc.strerror or exc}",
+            file=base_dir,
+            stage="instance",
+            hint="make GENOFLOW_HOME a writable folder, then run again",
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def created(create: Callable[[], _T]) -> _T:
+    """``create()``, retried with backoff while it fails the way a concurrent creation does.
+
+    Args:
+        create: opens (and if need be creates) one database.
+    """
+    deadline = time.monotonic() + CREATION_TIMEOUT
+    delay = 0.05
+    while True:
+        try:
+            return create()
+        except (sa_exc.DatabaseError, sqlite3.DatabaseError) as exc:
+            if not _CONCURRENT_CREATION.search(str(exc)) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 def _engine(conn_string: str, timeout: float) -> Engine:
@@ -88,7 +167,8 @@ class RunStorage(_InFolder, SqliteRunStorage):
 
     @classmethod
     def in_folder(cls, base_dir: str, inst_data: ConfigurableClassData | None) -> RunStorage:
-        return cls.from_local(base_dir, inst_data=inst_data)
+        with creating(base_dir, "runs.db"):
+            return created(lambda: cls.from_local(base_dir, inst_data=inst_data))
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -107,7 +187,10 @@ class EventLogStorage(_InFolder, SqliteEventLogStorage):
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_lock = threading.Lock()
         self._template: str | None = None
-        super().__init__(base_dir, inst_data)
+        # Dagster creates index.db here when the file is missing (a second process seeing the
+        # file another one is still creating skipped straight to using it).
+        with creating(os.path.abspath(base_dir), f"{INDEX_SHARD_NAME}.db"):
+            created(lambda: super(EventLogStorage, self).__init__(base_dir, inst_data))
 
     @classmethod
     def in_folder(cls, base_dir: str, inst_data: ConfigurableClassData | None) -> EventLogStorage:
@@ -175,3 +258,12 @@ class EventLogStorage(_InFolder, SqliteEventLogStorage):
     def dispose(self) -> None:
         self._dispose_engines()
         super().dispose()
+
+
+class ScheduleStorage(_InFolder, SqliteScheduleStorage):
+    """Dagster's SQLite schedule storage (``schedules/schedules.db``), created under the lock."""
+
+    @classmethod
+    def in_folder(cls, base_dir: str, inst_data: ConfigurableClassData | None) -> ScheduleStorage:
+        with creating(base_dir, "schedules.db"):
+            return created(lambda: cls.from_local(base_dir, inst_data=inst_data))

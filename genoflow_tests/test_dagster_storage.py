@@ -1,8 +1,12 @@
-"""The embedded instance's storages: Dagster's SQLite files, opened once a process."""
+"""The embedded instance's storages: Dagster's SQLite files, opened once a process, created
+once across processes."""
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,12 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventL
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 
 from genoflow.config import Settings, dagster_yaml
-from genoflow.dagster_storage import MAX_SHARD_ENGINES, EventLogStorage, RunStorage
+from genoflow.dagster_storage import (
+    MAX_SHARD_ENGINES,
+    EventLogStorage,
+    RunStorage,
+    ScheduleStorage,
+)
 
 
 @asset
@@ -49,6 +58,7 @@ def test_genoflows_instance_uses_its_storages(home: Path) -> None:
     instance = DagsterInstance.get()
     assert type(instance.run_storage) is RunStorage
     assert type(instance.event_log_storage) is EventLogStorage
+    assert type(instance.schedule_storage) is ScheduleStorage
     result = JOB.execute_in_process(instance=instance)
     assert result.success
     assert (home / "history" / "runs.db").is_file()
@@ -151,3 +161,52 @@ def test_a_users_own_dagster_yaml_is_left_alone(tmp_path: Path) -> None:
     config.write_text("telemetry:\n  enabled: false\n")
     settings.ensure_dagster_home()
     assert config.read_text() == "telemetry:\n  enabled: false\n"
+
+
+def _open_new_instances_together(homes: list[str], barrier: Barrier, results: Queue) -> None:
+    """For each home, open its new instance's storages at the same moment as every rival."""
+    outcomes = []
+    for home in homes:
+        try:
+            barrier.wait(timeout=120)
+            instance = DagsterInstance.from_ref(InstanceRef.from_dir(home))
+            instance.get_runs(limit=1)
+            instance.get_latest_materialization_events([AssetKey("tiny")])
+            assert instance.schedule_storage is not None
+            instance.schedule_storage.all_instigator_state()
+            instance.dispose()
+            outcomes.append("ok")
+        except Exception as exc:  # sent to the parent, which fails the test with it
+            outcomes.append(repr(exc))
+    results.put(outcomes)
+
+
+def test_processes_opening_a_new_instance_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
+    # The webserver, the daemon and a run creating a new instance's storages at once: before
+    # the creation lock, one of four processes usually failed ("table runs already exists",
+    # "UNIQUE constraint failed: alembic_version", two alembic heads).
+    rounds, processes = 3, 4
+    homes = [
+        Settings.from_env({"GENOFLOW_HOME": str(tmp_path / f"round{n}")}).ensure_dagster_home()
+        for n in range(rounds)
+    ]
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [
+        context.Process(
+            target=_open_new_instances_together, args=([str(h) for h in homes], barrier, results)
+        )
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=280) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+
+    failures = [o for outcome in outcomes for o in outcome if o != "ok"]
+    assert failures == [], failures
+    for home in homes:
+        for database in ("history/runs.db", "history/runs/index.db", "schedules/schedules.db"):
+            with sqlite3.connect(home / database) as db:
+                assert db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
