@@ -4,7 +4,8 @@ Invariant: a sink's bytes depend only on the bytes written to it and on the engi
 splits blocks by input size, not by how writes were cut), so a rebuild is byte-identical; a sink
 that fails, or is left without :meth:`close`, has its output removed by its context manager.
 :func:`decompress_to` either writes the whole decompressed input or raises: a truncated gzip or
-BGZF input is never mistaken for a short one.
+BGZF input is never mistaken for a short one, and no more bytes are written than the expansion
+cap (:mod:`~genoflow.processors.limits`) allows.
 """
 
 from __future__ import annotations
