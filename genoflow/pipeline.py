@@ -36,6 +36,12 @@ CHAINS: dict[str, tuple[str, ...]] = {
     "passthrough": ("source",),
 }
 _PROCESSORS = {"alignments": alignments, "intervals": intervals}
+# The asset check of each asset (``genoflow/assets/checks.py``), named ``asset:check`` in outcomes.
+CHECKS: dict[str, str] = {
+    "source": "md5_and_size_match_manifest",
+    "sorted": "records_preserved_and_ordered",
+    "index": "answers_region_queries",
+}
 
 
 class Store(Protocol):
@@ -253,6 +259,7 @@ def build_sorted(cache: Store, source: Artifact, settings: Settings) -> Artifact
                     memory=settings.sort_memory,
                     threads=settings.threads,
                     name=name,
+                    max_expansion=settings.max_expansion,
                 )
                 processor = "genoflow.processors.alignments.sort_alignments"
             else:
@@ -264,6 +271,7 @@ def build_sorted(cache: Store, source: Artifact, settings: Settings) -> Artifact
                     memory=settings.sort_memory,
                     threads=settings.threads,
                     name=name,
+                    max_expansion=settings.max_expansion,
                 )
                 processor = "genoflow.processors.intervals.sort_intervals"
         return processor, _details(result, source)

@@ -7,10 +7,15 @@ prove a chain up to date are read straight from that database, read-only, in one
 answer is the same as ``runner.up_to_date`` gets through Dagster's API (a test holds the two
 together); for any other instance (PostgreSQL, a user's ``dagster.yaml``), or any surprise in the
 file, the answer is None and ``genoflow run`` asks Dagster as before.
+
+One rule for failed checks: a chain is up to date only when its newest finished chain run
+succeeded and no check of its assets failed at its latest execution (in that run or any other,
+e.g. one launched from the UI). The same latest verdicts are what ``genoflow status`` shows.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import closing
@@ -19,25 +24,40 @@ from typing import Any
 
 from genoflow.config import dagster_yaml
 from genoflow.outcome import Outcome
-from genoflow.pipeline import CHAINS, chain_version, job_name, key_for
+from genoflow.pipeline import CHAINS, CHECKS, chain_version, job_name, key_for
 
 # The tag genoflow puts on every run it launches: the code versions of the chain it built
 # (``pipeline.chain_version``).
 CHAIN_TAG = "genoflow/chain"
 
+# Run statuses after which nothing more happens; an in-progress run is neither proof nor veto.
+FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 _QUERY = """
-SELECT runs.partition, runs.run_id
+SELECT runs.partition, runs.run_id, runs.status
 FROM runs JOIN run_tags ON run_tags.run_id = runs.run_id
-WHERE runs.pipeline_name = ? AND runs.status = 'SUCCESS'
+WHERE runs.pipeline_name = ? AND runs.status IN ('SUCCESS', 'FAILURE', 'CANCELED')
   AND run_tags.key = ? AND run_tags.value = ?
 ORDER BY runs.id DESC
 """
+# The latest execution of each check of each partition, as Dagster's own
+# ``get_asset_check_partition_info`` picks it (the greatest id with an event).
+_CHECKS_QUERY = """
+SELECT asset_key, check_name, partition, execution_status FROM asset_check_executions
+WHERE id IN (
+  SELECT MAX(id) FROM asset_check_executions WHERE evaluation_event_storage_id IS NOT NULL
+  GROUP BY asset_key, check_name, partition
+)
+"""
+# (family, md5) → {"asset:check": True (passed) | False (failed) | None (planned, no verdict)}
+Verdicts = dict[tuple[str, str], dict[str, bool | None]]
+VERDICT = {"SUCCEEDED": True, "FAILED": False, "PLANNED": None}
 
 
 def successful_chain_runs(
     dagster_home: Path, families: Iterable[str]
 ) -> dict[tuple[str, str], str] | None:
-    """The newest successful whole-chain run of each md5 at its family's current code versions.
+    """The newest finished whole-chain run of each md5 at its family's current code versions,
+    when that run succeeded (a later failed run vetoes an earlier success).
 
     Args:
         dagster_home: the instance folder.
@@ -57,8 +77,12 @@ def successful_chain_runs(
         with closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
             for family in set(families):
                 query = (job_name(family), CHAIN_TAG, chain_version(family))
-                for md5, run_id in db.execute(_QUERY, query):
-                    found.setdefault((family, md5), run_id)  # newest first
+                newest: dict[str, tuple[str, str]] = {}
+                for md5, run_id, status in db.execute(_QUERY, query):
+                    newest.setdefault(md5, (run_id, status))  # newest first
+                for md5, (run_id, status) in newest.items():
+                    if status == "SUCCESS":
+                        found[family, md5] = run_id
         return found
     except (OSError, sqlite3.Error):
         return None
@@ -68,26 +92,31 @@ def chains_up_to_date(
     succeeded: Mapping[tuple[str, str], str],
     lookup: Callable[[Any], Any],
     work: Iterable[tuple[str, str]],
+    verdicts: Verdicts | None = None,
 ) -> dict[tuple[str, str], Outcome]:
     """The chains with nothing left to do, as ``cached`` outcomes.
 
-    A chain is up to date when a whole-chain run of its current code versions succeeded for
-    that md5 (so every step and blocking check passed) and every one of its artifacts is still
-    in this node's cache, whole by its marker and sizes. Anything less (another version, a
-    failed or partial run, an artifact only on a replica) must run.
+    A chain is up to date when its newest finished whole-chain run of its current code
+    versions succeeded for that md5 (so every step and blocking check passed), no check of its
+    assets failed since, and every one of its artifacts is still in this node's cache, whole by
+    its marker and sizes. Anything less (another version, a failed or partial run, a failed
+    check, an artifact only on a replica) must run.
 
     Args:
-        succeeded: ``(family, md5) → run id`` of the successful whole-chain runs.
+        succeeded: ``(family, md5) → run id`` of the chains whose newest finished run succeeded.
         lookup: this node's cache lookup (an artifact key → the artifact or None).
         work: ``(md5, family)`` pairs.
+        verdicts: the latest check verdicts (:func:`check_verdicts`); a False vetoes.
     """
     done: dict[tuple[str, str], Outcome] = {}
     for md5, family in work:
         run_id = succeeded.get((family, md5))
-        if run_id is None:
+        if run_id is None or False in (verdicts or {}).get((family, md5), {}).values():
             continue
         if all(lookup(key_for(family, md5, asset)) is not None for asset in CHAINS[family]):
             outcome = Outcome(md5, family, dict.fromkeys(CHAINS[family], "cached"))
+            # That run passed every (blocking) check, and none has failed since.
+            outcome.checks = {f"{asset}:{CHECKS[asset]}": True for asset in CHAINS[family]}
             outcome.run_id = run_id
             done[md5, family] = outcome
     return done
@@ -102,4 +131,37 @@ def recorded_up_to_date(
     """
     work = list(work)
     succeeded = successful_chain_runs(dagster_home, {family for _, family in work})
-    return None if succeeded is None else chains_up_to_date(succeeded, lookup, work)
+    verdicts = check_verdicts(dagster_home)
+    if succeeded is None or verdicts is None:
+        return None
+    return chains_up_to_date(succeeded, lookup, work, verdicts)
+
+
+def check_verdicts(dagster_home: Path) -> Verdicts | None:
+    """The latest verdict of every check of every partition, read from the embedded instance.
+
+    Args:
+        dagster_home: the instance folder.
+
+    Returns:
+        ``(family, md5) → {"asset:check": passed}`` (None for a check planned in a run that
+        gave no verdict: in progress, or its asset never built); None when the instance is not
+        genoflow's embedded one or its event database cannot be read as expected.
+    """
+    config = dagster_home / "dagster.yaml"
+    database = dagster_home / "history" / "runs" / "index.db"
+    try:
+        if config.read_text() != dagster_yaml(dagster_home):
+            return None
+        if not database.is_file():
+            return {}
+        with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            rows = db.execute(_CHECKS_QUERY).fetchall()
+    except (OSError, sqlite3.Error):
+        return None
+    verdicts: Verdicts = {}
+    for asset_key, check, md5, status in rows:
+        path = json.loads(asset_key)
+        if len(path) == 2 and path[0] in CHAINS and CHECKS.get(path[1]) == check and md5:
+            verdicts.setdefault((path[0], md5), {})[f"{path[1]}:{check}"] = VERDICT.get(status)
+    return verdicts

@@ -26,8 +26,14 @@ from genoflow.config import Settings
 from genoflow.errors import GenoflowError
 from genoflow.outcome import Outcome
 from genoflow.partitions import PARTITIONS
-from genoflow.pipeline import CHAINS, chain_version, job_name
-from genoflow.run_history import CHAIN_TAG, chains_up_to_date
+from genoflow.pipeline import CHAINS, CHECKS, chain_version, job_name
+from genoflow.run_history import (
+    CHAIN_TAG,
+    FINISHED,
+    VERDICT,
+    Verdicts,
+    chains_up_to_date,
+)
 from genoflow.storage.replicas import local_owner_gone, owner_id
 
 LAUNCHED_BY = "genoflow/launched_by"
@@ -111,7 +117,8 @@ def up_to_date(
     instance: DagsterInstance, lookup: Callable[[Any], Any], work: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], Outcome]:
     """The chains with nothing left to do (:func:`run_history.chains_up_to_date`), as
-    ``cached`` outcomes, from the successful runs the instance reports through Dagster's API.
+    ``cached`` outcomes, from the runs and check verdicts the instance reports through
+    Dagster's API.
 
     Args:
         instance: the Dagster instance.
@@ -122,18 +129,50 @@ def up_to_date(
     from dagster._core.storage.tags import PARTITION_NAME_TAG
 
     work = list(work)
+    families = {family for _, family in work}
     succeeded: dict[tuple[str, str], str] = {}
-    for family in {family for _, family in work}:
+    for family in families:
         runs = instance.get_runs(
             RunsFilter(
                 job_name=job_name(family),
-                statuses=[DagsterRunStatus.SUCCESS],
+                statuses=[DagsterRunStatus(status) for status in FINISHED],
                 tags={CHAIN_TAG: chain_version(family)},
             )
         )
-        for run in runs:  # newest first: the latest run of each partition wins
-            succeeded.setdefault((family, run.tags.get(PARTITION_NAME_TAG, "")), run.run_id)
-    return chains_up_to_date(succeeded, lookup, work)
+        newest: dict[str, Any] = {}
+        for run in runs:  # newest first: the latest finished run of each partition decides
+            newest.setdefault(run.tags.get(PARTITION_NAME_TAG, ""), run)
+        for md5, run in newest.items():
+            if run.status == DagsterRunStatus.SUCCESS:
+                succeeded[family, md5] = run.run_id
+    return chains_up_to_date(succeeded, lookup, work, check_verdicts(instance, families))
+
+
+def check_verdicts(instance: DagsterInstance, families: Iterable[str]) -> Verdicts:
+    """The latest verdict of every check of every partition of ``families``, through
+    Dagster's API (:func:`run_history.check_verdicts` reads the same from the database).
+
+    Args:
+        instance: the Dagster instance.
+        families: the families whose checks to read.
+
+    Returns:
+        ``(family, md5) → {"asset:check": passed}``, None for a check with no verdict yet.
+    """
+    from dagster import AssetCheckKey, AssetKey
+
+    keys = [
+        AssetCheckKey(AssetKey([family, asset]), CHECKS[asset])
+        for family in families
+        for asset in CHAINS[family]
+    ]
+    verdicts: Verdicts = {}
+    for info in instance.event_log_storage.get_asset_check_partition_info(keys):
+        family, asset = info.check_key.asset_key.path
+        name = f"{asset}:{info.check_key.name}"
+        by_md5 = verdicts.setdefault((family, info.partition_key or ""), {})
+        by_md5[name] = VERDICT.get(info.latest_execution_status.value)
+    return verdicts
 
 
 def add_partitions(instance: DagsterInstance, by_family: dict[str, list[str]]) -> int:
@@ -170,25 +209,46 @@ def run_one(md5: str, family: str) -> Outcome:
         outcome.seconds = time.perf_counter() - started
         return outcome
     outcome.run_id = result.run_id
-    for event in result.get_asset_materialization_events():
-        asset = event.asset_key.path[-1]
-        cache = event.materialization.metadata.get("cache")
-        status = {"hit": "cached", "transferred": "transferred"}
-        outcome.assets[asset] = status.get(cache.value if cache else "", "built")
-    for evaluation in result.get_asset_check_evaluations():
-        outcome.checks[f"{evaluation.asset_key.path[-1]}:{evaluation.check_name}"] = (
-            evaluation.passed
-        )
-    for event in result.get_step_failure_events():
-        asset = event.step_key.split("__")[-1].removesuffix("_")
-        if asset in outcome.assets:
-            outcome.assets[asset] = "failed"
-        outcome.error = outcome.error or user_message(event.step_failure_data.error)
-    failed_checks = [name for name, passed in outcome.checks.items() if not passed]
-    if failed_checks and outcome.error is None:
-        outcome.error = f"asset checks failed: {', '.join(failed_checks)}"
+    read_events(result, outcome)
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def read_events(result: Any, outcome: Outcome) -> None:
+    """Fill ``outcome`` from a finished run's events, by one rule for failed checks.
+
+    An asset whose check failed is ``failed`` (even when its artifact was a cache hit), its
+    check is ``False`` in ``checks``, and the outcome's error is the check's message. A check
+    step that crashed without an evaluation counts as a failed check with the crash's message.
+
+    Args:
+        result: the ``ExecuteInProcessResult`` of one chain run.
+        outcome: the outcome to fill; its assets start ``skipped``.
+    """
+    status = {"hit": "cached", "transferred": "transferred"}
+    for event in result.get_asset_materialization_events():
+        cache = event.materialization.metadata.get("cache")
+        outcome.assets[event.asset_key.path[-1]] = status.get(cache.value if cache else "", "built")
+    for evaluation in result.get_asset_check_evaluations():
+        asset = evaluation.asset_key.path[-1]
+        outcome.checks[f"{asset}:{evaluation.check_name}"] = evaluation.passed
+        if not evaluation.passed:
+            error = evaluation.metadata.get("error")
+            default = f"[check] {outcome.md5}: {asset} check {evaluation.check_name} failed"
+            _fail(outcome, asset, error.value if error else default)
+    for event in result.get_step_failure_events():
+        asset, _, check = event.step_key.split("__")[-1].removesuffix("_").partition("_")
+        if check and f"{asset}:{check}" in outcome.checks:
+            continue  # a blocking check's failed evaluation, already reported
+        if check:
+            outcome.checks[f"{asset}:{check}"] = False
+        _fail(outcome, asset, user_message(event.step_failure_data.error))
+
+
+def _fail(outcome: Outcome, asset: str, error: str) -> None:
+    if asset in outcome.assets:
+        outcome.assets[asset] = "failed"
+    outcome.error = outcome.error or error
 
 
 def user_message(error: SerializableErrorInfo | None) -> str:

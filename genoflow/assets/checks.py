@@ -18,16 +18,16 @@ from dagster import AssetCheckResult, AssetChecksDefinition, MetadataValue, asse
 from genoflow.checksums import md5_file
 from genoflow.errors import GenoflowError, ProcessingError
 from genoflow.partitions import PARTITIONS
-from genoflow.pipeline import CHAINS, check_order, query_regions
+from genoflow.pipeline import CHAINS, CHECKS, check_order, query_regions
 from genoflow.resources import GenoflowResource
 from genoflow.storage.cache import Artifact
 
-SOURCE_CHECK = "md5_and_size_match_manifest"
-SORTED_CHECK = "records_preserved_and_ordered"
-INDEX_CHECK = "answers_region_queries"
+SOURCE_CHECK = CHECKS["source"]
+SORTED_CHECK = CHECKS["sorted"]
+INDEX_CHECK = CHECKS["index"]
 _HINT = (
-    "the artifact is not trusted and is rebuilt or re-checked on the next run; "
-    "if the same check fails again, report this message"
+    "`genoflow verify --repair` rebuilds a damaged artifact from its input; "
+    "if the check still fails after that, report this message"
 )
 
 
