@@ -7,8 +7,10 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from genoflow.config import Settings
 from genoflow.errors import redact
 from genoflow.pipeline import CHAINS, key_for
+from genoflow.run_history import Verdicts
 from genoflow.storage.datamanager import RepairOutcome
 from genoflow.storage.locations import DataType
 from genoflow.storage.node import Node
@@ -39,7 +41,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def print_summary(sources: dict[str, list[Any]], outcomes: Sequence[Any], *, as_json: bool) -> None:
-    """One line per manifest name: md5, format, each asset's status and the seconds spent."""
+    """One line per manifest name: md5, format, each asset's status, its checks, the seconds.
+
+    A failed check shows as its asset ``failed``, its name in the ``checks`` column (``False``
+    in ``--json``'s ``checks``) and its message on stderr, the same as a failed step.
+    """
     by_md5 = {outcome.md5: outcome for outcome in outcomes}
     records = []
     for md5, rows in sources.items():
@@ -61,13 +67,14 @@ def print_summary(sources: dict[str, list[Any]], outcomes: Sequence[Any], *, as_
     if as_json:
         print_json_list(records)
         return
-    header = ["name", "md5", "format", *ASSETS, "seconds"]
+    header = ["name", "md5", "format", *ASSETS, "checks", "seconds"]
     rows = [
         [
             r["name"],
             r["md5"][:12],
             r["format"],
             *(r["assets"].get(a) or "-" for a in ASSETS),
+            _checks_cell(r["checks"]),
             f"{r['seconds']:.1f}",
         ]
         for r in records
@@ -76,6 +83,14 @@ def print_summary(sources: dict[str, list[Any]], outcomes: Sequence[Any], *, as_
     ok = sum(1 for outcome in outcomes if outcome.ok)
     print(f"\n{ok} of {len(outcomes)} sources ok")
     print_errors(r["error"] for r in records if r["error"])
+
+
+def _checks_cell(checks: dict[str, bool]) -> str:
+    """``ok`` when every check that ran passed, else the failed ones (``index:answers_…``)."""
+    failed = [name for name, passed in checks.items() if passed is False]
+    if failed:
+        return "FAILED " + ",".join(failed)
+    return "ok" if checks else "-"
 
 
 def status_records(rows: Sequence[SourceRow], node: Node, select: Sequence[str]) -> list[dict]:
@@ -103,6 +118,7 @@ def status_records(rows: Sequence[SourceRow], node: Node, select: Sequence[str])
                 "format": row.format,
                 "assets": {a: _asset_record(row, a, node, by_key) for a in CHAINS[row.family]},
             }
+    add_check_verdicts(records.values(), check_verdicts(node.settings))
     return list(records.values())
 
 
@@ -138,6 +154,40 @@ def _asset_record(
     return None
 
 
+def check_verdicts(settings: Settings) -> Verdicts:
+    """The latest verdict of every asset check: from the embedded instance's database when it
+    can say, else through Dagster's API."""
+    from genoflow.run_history import check_verdicts as recorded
+
+    verdicts = recorded(settings.dagster_home)
+    if verdicts is not None:
+        return verdicts
+    from genoflow import runner
+
+    runner.quiet_warnings()
+    return runner.check_verdicts(runner.open_instance(settings), CHAINS)
+
+
+def add_check_verdicts(records: Iterable[dict], verdicts: Verdicts) -> None:
+    """Give each asset of each status record its checks' latest verdicts (``checks``: name →
+    passed, None when not run yet); an asset whose check failed is ``valid: false`` and lists
+    them in ``failed_checks``, as ``genoflow run`` shows it ``failed``."""
+    for record in records:
+        found = verdicts.get((record["family"], record["md5"]), {})
+        for asset, artifact in record["assets"].items():
+            if artifact is None:
+                continue
+            checks = {
+                name.split(":", 1)[1]: passed
+                for name, passed in found.items()
+                if name.startswith(f"{asset}:")
+            }
+            artifact["checks"] = checks
+            artifact["failed_checks"] = [name for name, passed in checks.items() if passed is False]
+            if artifact["failed_checks"]:
+                artifact["valid"] = False
+
+
 def print_status(records: Sequence[dict], *, as_json: bool) -> None:
     if as_json:
         print_json_list(records)
@@ -157,6 +207,8 @@ def _cell(assets: dict[str, Any], asset: str) -> str:
     if not artifact:
         return "missing"
     copies = len(artifact["replicas"])
+    if artifact.get("failed_checks"):
+        return f"v{artifact['version']} FAILED check {','.join(artifact['failed_checks'])}"
     where = "here" if artifact["valid"] else "elsewhere"
     if not artifact["valid"] and all(r["type"] == "INVALID" for r in artifact["replicas"]):
         where = "INVALID"  # no valid copy anywhere: `genoflow verify --repair` rebuilds it
