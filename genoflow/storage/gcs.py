@@ -464,6 +464,12 @@ class _SourceReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    @property
+    def length(self) -> int | None:
+        """The object's size as GCS records it (staging checks it before downloading)."""
+        size = self._handle.details.get("size")
+        return int(size) if size is not None else None
+
     def readinto(self, buffer: Any) -> int:
         try:
             data = self._handle.read(len(buffer))

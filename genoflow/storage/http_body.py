@@ -93,6 +93,11 @@ class HttpBody(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    @property
+    def length(self) -> int | None:
+        """The body's size as the server declared it (Content-Length), when it did."""
+        return self._length
+
     def readinto(self, buffer: bytearray | memoryview) -> int:
         while True:
             outcome = self._read_piece(min(len(buffer), _PIECE))
