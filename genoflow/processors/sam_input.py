@@ -72,9 +72,7 @@ def require_bgzf_eof(path: Path, *, name: str, stage: str) -> None:
         raise ProcessingError(cut, file=name, stage=stage, hint=_INCOMPLETE)
 
 
-def scan_sam(
-    src: Path, *, compressed: bool, name: str, guard: ExpansionGuard | None = None
-) -> int:
+def scan_sam(src: Path, *, compressed: bool, name: str, guard: ExpansionGuard | None = None) -> int:
     """Count SAM records, refusing lines htslib would mangle silently or reject cryptically.
 
     htslib turns a RNAME or RNEXT missing from @SQ into "unmapped" with only a warning, so a
