@@ -33,6 +33,7 @@ from genoflow.pipeline import key_for
 from genoflow.storage import atomic, gcs, staging
 from genoflow.storage.cache import Cache, Draft
 from genoflow.storage.layout import ArtifactKey
+from genoflow.storage.locations import LocalLocation
 from genoflow.watch import LocalManifests
 
 from .conftest import run_cli
@@ -162,6 +163,18 @@ def test_open_regular_reads_a_regular_file_through_a_symlink(tmp_path: Path) -> 
 
     with open_regular(tmp_path / "link.bed") as handle:
         assert handle.read() == BED
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_planted_as_a_local_replica_is_refused_not_waited_on(tmp_path: Path) -> None:
+    location = LocalLocation("cache", tmp_path / "root", deployment="here")
+    (tmp_path / "root").mkdir()
+    fifo(tmp_path / "root", "x.bed")
+
+    with pytest.raises(StorageError, match="replica is a FIFO"):
+        location.get("x.bed", tmp_path / "copy")
+
+    assert not (tmp_path / "copy").exists()
 
 
 # --- sizes before bytes ------------------------------------------------------------------------

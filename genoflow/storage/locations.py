@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from genoflow.checksums import CHUNK
+from genoflow.checksums import CHUNK, NotRegularFileError, open_regular
 from genoflow.errors import StorageError
 
 
@@ -129,6 +129,13 @@ class LocalLocation(Location):
             _copy(source, dest)
         except FileNotFoundError as exc:
             raise StorageError("replica is missing", file=str(source), stage="transfer") from exc
+        except NotRegularFileError as exc:
+            raise StorageError(
+                f"replica {exc.strerror}",
+                file=str(source),
+                stage="transfer",
+                hint="remove it and invalidate this replica; another will be used",
+            ) from None
         return ObjectInfo(size=dest.stat().st_size)
 
     def put(self, src: Path, path: str, *, if_absent: bool = False) -> ObjectInfo:
@@ -156,7 +163,8 @@ class LocalLocation(Location):
 
 def _copy(src: Path, dest: Path) -> None:
     try:
-        with open(src, "rb") as reader, open(dest, "wb") as writer:
+        # A FIFO or device planted where a replica should be is refused, never waited on.
+        with open_regular(src) as reader, open(dest, "wb") as writer:
             shutil.copyfileobj(reader, writer, CHUNK)
             writer.flush()
             os.fsync(writer.fileno())
