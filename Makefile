@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 GENOFLOW_HOME ?= $(CURDIR)/.genoflow
 export GENOFLOW_HOME
 
-.PHONY: demo test dev bench lint format clean cluster-demo cluster-tools
+.PHONY: demo test dev bench lint format clean cluster-demo cluster-tools stress-races
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ cluster-tools:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends redis-server postgresql >/dev/null; \
 	fi
+
+# The race-prone tests 50 times each under a parallel fsync-heavy writer; a table of failures.
+stress-races: $(VENV)/.installed-dev
+	$(BIN)/python scripts/stress_races.py
 
 dev: $(VENV)/.installed
 	$(BIN)/genoflow dev
