@@ -169,6 +169,28 @@ def test_after_verify_finds_a_flipped_byte_status_says_invalid_and_run_rebuilds_
     assert _cli(home, "verify").returncode == 0
 
 
+def test_a_damaged_folder_left_in_place_after_its_invalidation_is_rebuilt_by_run(
+    built: dict,
+) -> None:
+    """A process killed between invalidating a replica and moving its folder aside (or an older
+    genoflow) leaves the folder whole by its sizes: run must still rebuild it."""
+    home = built["home"]
+    assert _cli(home, "verify").returncode == 0
+    folder, victim = _target(home, "passthrough", "source", ".csv")
+    _flip(victim)
+    node = Node(Settings.from_env({"GENOFLOW_HOME": str(home)}), replicas=[])
+    try:
+        node.dm.invalidate_location(node.local, str(folder.relative_to(home / "cache")))
+    finally:
+        node.close()
+    assert victim.exists()
+
+    record = next(r for r in _run_json(home, built["manifest"]) if r["family"] == "passthrough")
+    assert record["assets"]["source"] == "built" and record["error"] is None
+    assert _md5s(home / "cache") == built["md5s"]
+    assert _cli(home, "verify").returncode == 0
+
+
 def test_a_source_is_staged_again_from_its_manifest_uri_and_a_missing_uri_is_reported(
     tmp_path: Path,
 ) -> None:

@@ -23,7 +23,13 @@ from sqlalchemy.engine import Connection
 
 from genoflow.errors import GenoflowError, StorageError, redact
 from genoflow.storage import atomic, replicas, transfer
-from genoflow.storage.locations import AlreadyExists, DataType, Location, safe_relpath
+from genoflow.storage.locations import (
+    AlreadyExists,
+    DataType,
+    LocalLocation,
+    Location,
+    safe_relpath,
+)
 from genoflow.storage.registry import Registry
 from genoflow.storage.replicas import Replica, ReplicaState
 from genoflow.storage.transfer import BadReplica, Inspection, Staged
@@ -391,29 +397,50 @@ class DataManager:
 
         A writer on this host is gone when its pid no longer exists; one on another host when
         its row is older than ``max_age`` seconds. Partial data is deleted at locations this
-        node reaches; a copy whose marker is there is complete and is never deleted.
+        node reaches; a copy whose marker is there is complete and is never deleted. The folder
+        of an INVALID replica still in place at a local location (a process killed between
+        invalidating and moving it aside, or an older genoflow) is set aside too.
 
         Returns:
-            The replicas reclaimed.
+            The pending replicas reclaimed.
         """
         with self._begin() as connection:
-            pending = replicas.select(connection, readable=False, state=ReplicaState.PENDING)
-        reclaimed = []
-        for replica in pending:
-            if not replicas.writer_gone(replica, max_age) or not self._claim(replica):
-                continue
-            location = self._locations.get(replica.location)
-            if location is not None:
-                with self._begin() as connection:
-                    _, marker = replicas.artifact_facts(connection, replica.relpath)
-                names = [entry["name"] for entry in marker["files"]] if marker else []
-                transfer.remove_partial(location, replica.path, names=names)
+            found = replicas.leftovers(connection)
+        for replica in found:
+            if replica.data_type is DataType.INVALID:
+                self.set_aside(replica)
+        pending = [replica for replica in found if replica.state is ReplicaState.PENDING]
+        return [replica for replica in pending if self._reclaim(replica, max_age)]
+
+    def _reclaim(self, replica: Replica, max_age: float) -> bool:
+        if not replicas.writer_gone(replica, max_age) or not self._claim(replica):
+            return False
+        location = self._locations.get(replica.location)
+        if location is not None:
             with self._begin() as connection:
-                replicas.drop_pending(
-                    connection, replica.location, replica.path, replicas.owner_id()
-                )
-            reclaimed.append(replica)
-        return reclaimed
+                _, marker = replicas.artifact_facts(connection, replica.relpath)
+            names = [entry["name"] for entry in marker["files"]] if marker else []
+            transfer.remove_partial(location, replica.path, names=names)
+        with self._begin() as connection:
+            replicas.drop_pending(connection, replica.location, replica.path, replicas.owner_id())
+        return True
+
+    def set_aside(self, replica: Replica) -> None:
+        """Move the folder of an INVALID replica at a local location this node reaches aside and
+        delete it (one rename, so no reader sees it half-deleted).
+
+        The rule that lets a rebuild replace a damaged artifact without ever overwriting a
+        published folder: once the damaged folder is gone, the plain cache lookup sees nothing
+        and the rebuild publishes a fresh folder under the same name. Object stores keep an
+        INVALID copy until it is restored (no reader is handed it).
+        """
+        location = self._locations.get(replica.location)
+        if replica.data_type is not DataType.INVALID or not isinstance(location, LocalLocation):
+            return
+        folder = location.path(replica.path)
+        with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+            if folder.is_dir():
+                transfer.remove_folder(folder)
 
     def close(self) -> None:
         """Release the registry when this manager opened it."""

@@ -6,10 +6,10 @@ A :class:`Node` stands in for the :class:`Cache` wherever artifacts are built, a
 - after publishing, the artifact is registered as a PRIMARY replica of this deployment's cache
   and copied to every configured replica location (data first, marker last);
 - a cache folder whose replica is registered INVALID is never left in place: it is moved aside in
-  one rename and deleted (:func:`genoflow.storage.transfer.remove_folder`), so the plain cache
-  lookup that ``genoflow run`` uses sees it absent and the rebuild publishes a fresh folder under
-  the same name (a published folder is still never overwritten). The INVALID row stays until a
-  rebuilt or restored copy is registered at that path.
+  one rename and deleted (:meth:`DataManager.set_aside`), so the plain cache lookup that
+  ``genoflow run`` uses sees it absent and the rebuild publishes a fresh folder under the same
+  name (a published folder is still never overwritten). The INVALID row stays until a rebuilt
+  or restored copy is registered at that path.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 
 from genoflow.config import Settings
 from genoflow.errors import StorageError
-from genoflow.storage import transfer
 from genoflow.storage.cache import Artifact, Cache, Draft
 from genoflow.storage.datamanager import DataManager, NoValidReplica, RepairOutcome
 from genoflow.storage.layout import ArtifactKey
@@ -82,7 +81,7 @@ class Node:
             return None
         replica = self.dm.replica_at(self.local.name, key.relstr)
         if replica is not None and replica.data_type is DataType.INVALID:
-            self.set_aside(replica)
+            self.dm.set_aside(replica)
             return None
         return found
 
@@ -150,7 +149,7 @@ class Node:
             if outcome.problems and outcome.restored is None:
                 now = self.dm.replica_at(replica.location, replica.path)
                 if now is not None and now.data_type is DataType.INVALID:
-                    self.set_aside(now)
+                    self.dm.set_aside(now)
             outcomes.append(outcome)
         return outcomes
 
@@ -164,16 +163,6 @@ class Node:
             return RepairOutcome(replica, [exc.message], rebuild=True)
         except StorageError as exc:
             return RepairOutcome(replica, [exc.message])
-
-    def set_aside(self, replica: Replica) -> None:
-        """Move this node's cache folder of an INVALID replica aside and delete it (one rename,
-        so no reader sees it half-deleted); other locations keep theirs until restored."""
-        if replica.location != self.local.name:
-            return
-        folder = self.local.path(replica.path)
-        with contextlib.suppress(FileNotFoundError):  # another process set it aside first
-            if folder.is_dir():
-                transfer.remove_folder(folder)
 
     @staticmethod
     def chains_to_rebuild(outcomes: list[RepairOutcome]) -> list[tuple[str, str]]:

@@ -362,20 +362,7 @@ def select(
         readable: only available replicas that are not INVALID (what a reader may use).
         state: only replicas in this state.
     """
-    query = (
-        sa.select(
-            replicas,
-            artifacts.c.key,
-            locations.c.name,
-            locations.c.kind,
-            locations.c.root,
-            locations.c.is_local,
-            locations.c.deployment,
-        )
-        .join(artifacts, replicas.c.artifact_id == artifacts.c.id)
-        .join(locations, replicas.c.location_id == locations.c.id)
-        .order_by(replicas.c.id)
-    )
+    query = _joined()
     filters = [
         (relpath, artifacts.c.key),
         (location, locations.c.name),
@@ -391,6 +378,34 @@ def select(
             replicas.c.data_type != str(DataType.INVALID),
         )
     return [_to_replica(row) for row in connection.execute(query).mappings()]
+
+
+def leftovers(connection: Connection) -> list[Replica]:
+    """Every pending replica and every INVALID one, oldest first, in one scan (for reclaim)."""
+    query = _joined().where(
+        sa.or_(
+            replicas.c.state == str(ReplicaState.PENDING),
+            replicas.c.data_type == str(DataType.INVALID),
+        )
+    )
+    return [_to_replica(row) for row in connection.execute(query).mappings()]
+
+
+def _joined() -> sa.Select:
+    return (
+        sa.select(
+            replicas,
+            artifacts.c.key,
+            locations.c.name,
+            locations.c.kind,
+            locations.c.root,
+            locations.c.is_local,
+            locations.c.deployment,
+        )
+        .join(artifacts, replicas.c.artifact_id == artifacts.c.id)
+        .join(locations, replicas.c.location_id == locations.c.id)
+        .order_by(replicas.c.id)
+    )
 
 
 def _to_replica(row: Any) -> Replica:
