@@ -58,7 +58,16 @@ def test_status_json_has_the_documented_shape(demo_home) -> None:
         assert set(record) == {"name", "md5", "family", "format", "assets"}
         for asset, artifact in record["assets"].items():
             assert asset in ("source", "sorted", "index")
-            assert set(artifact) == {"path", "files", "version", "valid", "replicas"}
+            assert set(artifact) == {
+                "path",
+                "files",
+                "version",
+                "valid",
+                "replicas",
+                "checks",
+                "failed_checks",
+            }
+            assert all(artifact["checks"].values()) and artifact["failed_checks"] == []
             assert artifact["replicas"][0]["type"] == "PRIMARY"
             assert artifact["valid"] is True
             assert all(Path(path).is_file() for path in artifact["files"])
