@@ -151,6 +151,8 @@ def check_verdicts(dagster_home: Path) -> Verdicts | None:
     config = dagster_home / "dagster.yaml"
     database = dagster_home / "history" / "runs" / "index.db"
     try:
+        if not config.is_file():
+            return {}  # no instance yet: nothing was ever checked
         if config.read_text() != dagster_yaml(dagster_home):
             return None
         if not database.is_file():
