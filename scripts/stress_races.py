@@ -134,6 +134,10 @@ def run_session(entries: list[str], number: int, tallies: dict[str, Tally]) -> N
             os.killpg(session.pid, signal.SIGKILL)  # the session and the processes it started
             output, _ = session.communicate()
             output += f"\n(killed after {SESSION_TIMEOUT} s)"
+        except KeyboardInterrupt:
+            os.killpg(session.pid, signal.SIGKILL)  # no session outlives the script
+            session.wait()
+            raise
         outcome = {entry: (False, "") for entry in entries}  # entry: (ran?, failure text)
         if report.exists():
             for case in ET.parse(report).getroot().iter("testcase"):
@@ -195,16 +199,25 @@ def main(argv: list[str] | None = None) -> int:
     if not tallies:
         parser.error("no test selected")
     print(f"load: {'none' if args.no_load else 'one fsync-heavy writer'}", flush=True)
+    # SIGTERM stops the runs as Ctrl-C does: the writer is stopped, the partial table printed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupted = False
     with io_load(not args.no_load):
-        for tests, runs in plan:
-            for number in range(1, runs + 1):
-                if tests:
-                    run_session(tests, number, tallies)
-                    failed = sum(tallies[e].failures for e in tests)
-                    done = f"run {number}/{runs} of {len(tests)} test(s)"
-                    print(f"{done}: {failed} failure(s) so far", flush=True)
+        try:
+            # Interleaved, so that a run stopped early has counts for every test.
+            for number in range(1, max(runs for _, runs in plan) + 1):
+                for tests, runs in plan:
+                    if tests and number <= runs:
+                        run_session(tests, number, tallies)
+                        failed = sum(tallies[e].failures for e in tests)
+                        done = f"run {number}/{runs} of {len(tests)} test(s)"
+                        print(f"{done}: {failed} failure(s) so far", flush=True)
+        except KeyboardInterrupt:
+            interrupted = True
     print(table(tallies))
-    return 1 if any(tally.failures for tally in tallies.values()) else 0
+    if interrupted:
+        print("interrupted: the counts above are of the runs that finished")
+    return 1 if interrupted or any(tally.failures for tally in tallies.values()) else 0
 
 
 if __name__ == "__main__":
