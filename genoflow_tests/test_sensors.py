@@ -414,8 +414,9 @@ def test_sidecars_are_written_whole_and_only_for_contents_the_cursor_names(
 
 def test_a_sidecar_of_the_wrong_shape_is_not_trusted(tmp_path) -> None:
     store = SidecarStore(tmp_path)
-    store.save("abc", HandledLines("h", "/data", {"0123456789abcdef": ["a.bed", "0" * 32, "bed"]}))
-    assert store.load("abc").rows == {"0123456789abcdef": ["a.bed", "0" * 32, "bed"]}
+    row = {"0123456789abcdef": ["a.bed", "0" * 32, "bed", 12]}  # name, md5, format, size
+    store.save("abc", HandledLines("h", "/data", row))
+    assert store.load("abc").rows == {"0123456789abcdef": ["a.bed", "0" * 32, "bed", 12]}
     for rows in ('{"0123456789abcdef": 7}', '{"0123456789abcdef": ["a.bed"]}', "[]"):
         (tmp_path / "abc.json").write_text(
             f'{{"v": 1, "digest": "abc", "header": "h", "base": "/data", "rows": {rows}}}'
