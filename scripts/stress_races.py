@@ -112,6 +112,24 @@ def entry_of(case: ET.Element, entries: list[str]) -> str | None:
     return None
 
 
+def outcomes(report: Path, entries: list[str]) -> dict[str, tuple[bool, str]]:
+    """Each entry's (ran at least one test?, first failure text) from a junit report."""
+    outcome = {entry: (False, "") for entry in entries}
+    if not report.exists():
+        return outcome  # the session died before writing it: nothing ran
+    for case in ET.parse(report).getroot().iter("testcase"):
+        entry = entry_of(case, entries)
+        if entry is None:
+            continue
+        problem = case.find("failure")
+        problem = case.find("error") if problem is None else problem
+        ran, text = outcome[entry]
+        if problem is not None and not text:
+            text = f"{case.get('name')}: {problem.get('message', '')}"
+        outcome[entry] = (ran or case.find("skipped") is None, text)
+    return outcome
+
+
 def run_session(entries: list[str], number: int, tallies: dict[str, Tally]) -> None:
     """One pytest session over ``entries``; add each entry's outcome to ``tallies``."""
     with tempfile.TemporaryDirectory(
@@ -138,18 +156,7 @@ def run_session(entries: list[str], number: int, tallies: dict[str, Tally]) -> N
             os.killpg(session.pid, signal.SIGKILL)  # no session outlives the script
             session.wait()
             raise
-        outcome = {entry: (False, "") for entry in entries}  # entry: (ran?, failure text)
-        if report.exists():
-            for case in ET.parse(report).getroot().iter("testcase"):
-                entry = entry_of(case, entries)
-                if entry is None:
-                    continue
-                problem = case.find("failure")
-                problem = case.find("error") if problem is None else problem
-                text = outcome[entry][1]
-                if problem is not None and not text:
-                    text = f"{case.get('name')}: {problem.get('message', '')}"
-                outcome[entry] = (outcome[entry][0] or case.find("skipped") is None, text)
+        outcome = outcomes(report, entries)
     for entry, (ran, text) in outcome.items():
         tally = tallies[entry]
         tally.runs += 1
