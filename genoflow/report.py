@@ -219,10 +219,13 @@ def print_verify(outcomes: Sequence[RepairOutcome]) -> None:
     """One line per bad replica (``restored``, ``rebuilt`` or still ``INVALID``), then a summary."""
     for outcome in outcomes:
         if outcome.problems:
-            state = "INVALID"
+            state, problems = "INVALID", "; ".join(outcome.problems)
             if outcome.restored:
+                # Only the damage found is worth showing: "no valid replica is left" was true
+                # before the rebuild and would read as a contradiction beside it.
                 state = "rebuilt" if outcome.rebuild else "restored"
-            problems = "; ".join(outcome.problems)
+                how = "from its input" if outcome.rebuild else "from a valid replica"
+                problems = f"was bad ({outcome.problems[0]}); {state} {how}"
             print(f"{state:8}  {redact(outcome.replica.uri)}: {problems}")
     bad = sum(1 for o in outcomes if o.problems)
     fixed = sum(1 for o in outcomes if o.restored and not o.rebuild)
