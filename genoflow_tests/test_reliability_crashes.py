@@ -15,7 +15,6 @@ and leaves a consistent registry.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -24,7 +23,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -72,18 +71,24 @@ class _DyingReader:
     def fileno(self) -> int:
         return self._handle.fileno()
 
+    def __enter__(self) -> _DyingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
 
 def _arm_staging() -> None:
     from genoflow.storage import staging
 
-    real = staging.open_local
+    # Every local opener (plain and confined to the allowed roots) opens through _open_file.
+    real = staging._open_file
 
-    @contextlib.contextmanager
-    def open_local(uri: str) -> Iterator[Any]:
-        with real(uri) as handle:
-            yield _DyingReader(handle, after=os.fstat(handle.fileno()).st_size // 2)
+    def open_file(uri: str, roots: Any) -> _DyingReader:
+        handle = real(uri, roots)
+        return _DyingReader(handle, after=os.fstat(handle.fileno()).st_size // 2)
 
-    staging.open_local = open_local
+    staging._open_file = open_file
 
 
 def _arm(module: Any, name: str, *, when: Callable[..., bool] = lambda *a, **k: True) -> None:
