@@ -35,7 +35,7 @@ from genoflow.executors import executor_from_env
 from genoflow.pipeline import key_for
 from genoflow.storage.datamanager import DataManager
 from genoflow.storage.registry import Registry
-from genoflow_tests.gcs_emulator import binary as gcs_binary
+from genoflow_tests.support.gcs_emulator import binary as gcs_binary
 from scripts.cluster import drop_manifest
 from scripts.cluster_report import (
     Outcome,

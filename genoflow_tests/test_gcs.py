@@ -23,7 +23,7 @@ from genoflow.storage import gcs, staging
 from genoflow.storage.gcs import GcsLocation, call_with_retry, gs_md5, is_transient, open_gs
 from genoflow.storage.locations import AlreadyExists, ObjectInfo
 
-from .gcs_emulator import GcsEmulator, gcs_bucket, gcs_emulator  # noqa: F401
+from .support.gcs_emulator import GcsEmulator, gcs_bucket, gcs_emulator  # noqa: F401
 
 # Latin-1 bytes in a record, as real files carry them.
 DATA = b"chr1\t10\t20\tpeak_caf\xe9\nchr2\t5\t9\t\xff\xfe\n" * 100

@@ -27,7 +27,7 @@ from genoflow.storage.node import Node
 from genoflow.storage.registry import SourceRow
 
 from .conftest import DATA, run_cli
-from .gcs_emulator import GcsEmulator, gcs_bucket, gcs_emulator  # noqa: F401
+from .support.gcs_emulator import GcsEmulator, gcs_bucket, gcs_emulator  # noqa: F401
 
 # ruff: noqa: F811 - pytest fixtures imported from the emulator module
 

@@ -37,7 +37,7 @@ from genoflow.storage.locations import LocalLocation
 from genoflow.watch import LocalManifests
 
 from .conftest import run_cli
-from .signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
+from .support.signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
 
 # ruff: noqa: F811 - pytest fixtures imported from their modules
 

@@ -17,7 +17,7 @@ import urllib3
 
 from genoflow.errors import ChecksumError, SourceError, redact
 from genoflow.storage import https, staging
-from genoflow_tests.signed_url_server import SignedUrlServer, signed_url_server
+from genoflow_tests.support.signed_url_server import SignedUrlServer, signed_url_server
 
 __all__ = ["signed_url_server"]  # the fixture, re-exported so pytest finds it here
 

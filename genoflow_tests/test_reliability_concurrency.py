@@ -34,7 +34,7 @@ from genoflow.storage.node import Node
 from genoflow.storage.transfer import inspect
 
 from .conftest import DATA
-from .gcs_emulator import GcsEmulator, gcs_emulator, use_emulator  # noqa: F401
+from .support.gcs_emulator import GcsEmulator, gcs_emulator, use_emulator  # noqa: F401
 
 # ruff: noqa: F811 - pytest fixtures imported from the emulator module
 

@@ -32,7 +32,7 @@ import pytest
 
 from genoflow.storage.cache import MARKER
 
-from .gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
+from .support.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
 from .test_reliability_concurrency import (
     REPO,
     artifacts,

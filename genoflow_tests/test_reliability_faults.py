@@ -37,9 +37,9 @@ import sqlalchemy as sa
 
 from genoflow.storage.cache import MARKER
 
-from . import gcs_emulator as emulator
-from .gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
-from .signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
+from .support import gcs_emulator as emulator
+from .support.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
+from .support.signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
 from .test_registry_postgres import (
     free_port,
     postgres_binary,

@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 from .conftest import DATA, run_cli
-from .gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
-from .signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
+from .support.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
+from .support.signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
 
 # ruff: noqa: F811 - pytest fixtures imported from their modules
 

@@ -19,7 +19,7 @@ from genoflow.storage.gcs import make_filesystem
 from genoflow.storage.registry import Registry
 
 from .conftest import DATA, run_cli
-from .gcs_emulator import GcsEmulator, gcs_bucket, gcs_emulator  # noqa: F401
+from .support.gcs_emulator import GcsEmulator, gcs_bucket, gcs_emulator  # noqa: F401
 
 # ruff: noqa: F811 - pytest fixtures imported from the emulator module
 

@@ -18,7 +18,7 @@ from genoflow.storage.registry import Registry
 from genoflow.watch import manifest_location
 from genoflow.watch_gcs import GcsManifests
 
-from .gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401
+from .support.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401
 from .test_sensors import HEADER, _tick, instance  # noqa: F401
 
 # ruff: noqa: F811 - pytest fixtures imported from other test modules

@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 
 from .conftest import require_tool
-from .dagster_services import environment, free_port, graphql, start, stop, wait_for_webserver
+from .support.dagster_services import (
+    environment,
+    free_port,
+    graphql,
+    start,
+    stop,
+    wait_for_webserver,
+)
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .dagster_services import (
+from .support.dagster_services import (
     environment,
     free_port,
     graphql,

@@ -236,8 +236,8 @@ class LocalCluster:
         wait_for(redis, lambda: _answers(self.ports["redis"]), what="PONG", timeout=30)
 
     def _start_gcs(self) -> None:
-        from genoflow_tests.gcs_emulator import GcsEmulator, start
-        from genoflow_tests.gcs_emulator import stop as stop_gcs
+        from genoflow_tests.support.gcs_emulator import GcsEmulator, start
+        from genoflow_tests.support.gcs_emulator import stop as stop_gcs
 
         log = self.root / "logs" / "gcs.log"
         process, endpoint, seconds = start(self.gcs_root, log)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from genoflow_tests import gcs_emulator
+from genoflow_tests.support import gcs_emulator
 from genoflow_tests.test_reliability_concurrency import cli_env, debris, finish, launch
 from genoflow_tests.test_reliability_concurrency import registry_problems as registry_checks
 from genoflow_tests.test_reliability_crashes import (

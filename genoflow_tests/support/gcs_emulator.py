@@ -4,7 +4,7 @@ The server listens on 127.0.0.1 on a free port over plain HTTP, keeps objects in
 pytest's temporary directory (so a test can damage an object's bytes on disk while the server
 keeps its recorded md5Hash: a corrupt replica), and is stopped by PID, SIGTERM then SIGKILL.
 Every test gets its own bucket. Use with
-``from .gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401``.
+``from genoflow_tests.support.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401``.
 
 The bundled server (v1.54) honours ``ifGenerationMatch=0`` on single-request uploads, but drops it
 on resumable ones (gcsfs uploads files of 5 MiB or more that way); real GCS honours both.
