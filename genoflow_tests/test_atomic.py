@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from genoflow.storage import atomic
+from genoflow_tests.support.processes import race
 
 PROCESSES = 8
 CONTENT = b"identical content \xff\n" * 4096
@@ -181,19 +181,9 @@ def _race_to_publish(dest: str, barrier: Barrier, results: Queue) -> None:
 
 def test_concurrent_publishers_without_a_lock_leave_exactly_one_winner(tmp_path: Path) -> None:
     dest = tmp_path / "intervals" / "v1"
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(PROCESSES), context.Queue()
-    workers = [
-        context.Process(target=_race_to_publish, args=(str(dest), barrier, results))
-        for _ in range(PROCESSES)
-    ]
-    for worker in workers:
-        worker.start()
-    outcomes = [results.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
+    raced = race(_race_to_publish, [(str(dest),)] * PROCESSES)
 
-    assert [worker.exitcode for worker in workers] == [0] * PROCESSES
-    assert sorted(outcomes) == [False] * (PROCESSES - 1) + [True]
+    assert raced.exitcodes == [0] * PROCESSES
+    assert sorted(raced.outcomes) == [False] * (PROCESSES - 1) + [True]
     assert snapshot(dest) == {"data.bam": CONTENT}
     assert [p.name for p in dest.parent.iterdir()] == ["v1"]

@@ -3,7 +3,6 @@ once across processes."""
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
@@ -29,6 +28,7 @@ from genoflow.dagster_storage import (
     RunStorage,
     ScheduleStorage,
 )
+from genoflow_tests.support.processes import race
 
 
 @asset
@@ -190,19 +190,8 @@ def test_processes_opening_a_new_instance_at_the_same_moment_all_succeed(tmp_pat
         Settings.from_env({"GENOFLOW_HOME": str(tmp_path / f"round{n}")}).ensure_dagster_home()
         for n in range(rounds)
     ]
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(processes), context.Queue()
-    workers = [
-        context.Process(
-            target=_open_new_instances_together, args=([str(h) for h in homes], barrier, results)
-        )
-        for _ in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    outcomes = [results.get(timeout=280) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
+    arguments = [([str(h) for h in homes],)] * processes
+    outcomes = race(_open_new_instances_together, arguments, timeout=280).outcomes
 
     failures = [o for outcome in outcomes for o in outcome if o != "ok"]
     assert failures == [], failures

@@ -9,8 +9,6 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
-from multiprocessing.queues import Queue
-from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
@@ -26,17 +24,22 @@ from genoflow.storage.registry import artifacts as artifact_table
 from genoflow.storage.registry import replicas as replica_table
 from genoflow.storage.replicas import ReplicaState
 from genoflow.storage.transfer import BadReplica
-from genoflow_tests.test_transfer import (
+from genoflow_tests.support.artifacts import (
     FILES,
     KEY,
     RELPATH,
     FailingMarkerLocal,
     FailingMarkerStore,
     FolderStore,
+    every_replica,
     flip_last_byte,
+    local,
     publish_artifact,
+    register_many,
+    store,
     upload_artifact,
 )
+from genoflow_tests.support.processes import race
 
 PROCESSES = 4
 
@@ -85,24 +88,10 @@ def lab(tmp_path: Path) -> LocalLocation:
     return LocalLocation("lab-cache", tmp_path / "lab", deployment="lab")
 
 
-def local(tmp_path: Path, name: str, deployment: str) -> LocalLocation:
-    return LocalLocation(name, tmp_path / name, deployment=deployment)
-
-
-def store(tmp_path: Path, name: str, deployment: str, kind: str = "gcs") -> FolderStore:
-    return FolderStore(name, tmp_path / name, deployment=deployment, kind=kind)
-
-
 def stored_in(location: FolderStore, tmp_path: Path, path: str = RELPATH) -> FolderStore:
     """``location`` holding a copy of the test artifact at ``path`` (not registered)."""
     upload_artifact(location, publish_artifact(tmp_path / f"build-{location.name}"), path)
     return location
-
-
-def every_replica(manager: DataManager) -> list[tuple[str, str, str]]:
-    return [
-        (r.location, r.data_type.value, r.state.value) for r in manager.all_replicas(readable=False)
-    ]
 
 
 def test_register_path_records_an_available_primary_replica(
@@ -714,23 +703,6 @@ def test_reclaim_removes_a_dead_local_writers_temp_folder(
     assert every_replica(manager) == []
 
 
-def _register_many(registry: str, root: str, number: int, barrier: Barrier, results: Queue) -> None:
-    """Register every artifact at the shared location and at this process's own location."""
-    try:
-        barrier.wait(timeout=60)
-        manager = DataManager(registry, workdir=Path(root) / f"work-{number}")
-        shared = LocalLocation("shared", Path(root) / "shared", deployment="lab")
-        own = LocalLocation(f"own-{number}", Path(root) / "shared", deployment=f"node-{number}")
-        for md5 in range(8):
-            relpath = str(ArtifactKey("intervals", f"{md5:032x}", "sorted", "1").relpath)
-            manager.register_path(shared, relpath, relpath)
-            manager.register_path(own, relpath, relpath, DataType.SYMBOLIC_LINK)
-        manager.close()
-        results.put(("ok", number))
-    except Exception as exc:  # sent to the parent, which fails the test with it
-        results.put(("error", repr(exc)))
-
-
 def test_concurrent_registration_from_several_processes_never_reports_a_locked_database(
     tmp_path: Path,
 ) -> None:
@@ -740,17 +712,9 @@ def test_concurrent_registration_from_several_processes_never_reports_a_locked_d
         )
     registry = str(tmp_path / "registry.sqlite")
     DataManager(registry, workdir=tmp_path / "work").close()  # tables exist before the race
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(PROCESSES), context.Queue()
-    workers = [
-        context.Process(target=_register_many, args=(registry, str(tmp_path), n, barrier, results))
-        for n in range(PROCESSES)
-    ]
-    for worker in workers:
-        worker.start()
-    outcomes = [results.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
+    outcomes = race(
+        register_many, [(registry, str(tmp_path), n) for n in range(PROCESSES)]
+    ).outcomes
 
     assert sorted(outcomes) == [("ok", n) for n in range(PROCESSES)], outcomes
     manager = DataManager(registry, workdir=tmp_path / "work")

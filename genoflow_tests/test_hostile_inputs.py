@@ -48,9 +48,9 @@ from genoflow.storage.registry import Registry
 from genoflow.storage.registry import replicas as replica_table
 
 from .conftest import DATA
+from .support.artifacts import RELPATH, publish_artifact
 from .support.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
 from .support.signed_url_server import SignedUrlServer
-from .test_transfer import RELPATH, publish_artifact
 
 # ruff: noqa: F811 - pytest fixtures imported from their modules
 

@@ -6,49 +6,22 @@ past its busy timeout says so, as "busy", never as an unreachable database.
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from genoflow.errors import StorageError
 from genoflow.storage.registry import Registry, SourceRow
+from genoflow_tests.support.processes import race
+from genoflow_tests.support.rows import row
 
 PROCESSES = 4
-
-
-@dataclass(frozen=True)
-class Row:
-    """A stand-in for a parsed manifest row, with the fields the registry reads."""
-
-    md5: str
-    name: str
-    uri: str
-    format: str = "bed"
-    family: str = "intervals"
-    size: int | None = 100
-    manifest: str = "manifests/lab.tsv"
-    line: int = 2
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def row(number: int, **changes: Any) -> Row:
-    """The manifest row for source ``number`` (one md5 per number)."""
-    values: dict[str, Any] = {
-        "md5": f"{number:032x}",
-        "name": f"peaks{number}.bed",
-        "uri": f"/data/peaks{number}.bed",
-        "line": number + 2,
-    }
-    return Row(**(values | changes))
 
 
 @pytest.fixture
@@ -159,18 +132,8 @@ def _register_overlapping(path: str, start: int, barrier: Barrier, results: Queu
 
 def test_concurrent_registration_leaves_no_duplicates_and_no_lock_errors(tmp_path: Path) -> None:
     path = str(tmp_path / "registry.sqlite")
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(PROCESSES), context.Queue()
     # Process i registers sources 10*i .. 10*i+39: each source is offered by up to four processes.
-    workers = [
-        context.Process(target=_register_overlapping, args=(path, 10 * i, barrier, results))
-        for i in range(PROCESSES)
-    ]
-    for worker in workers:
-        worker.start()
-    outcomes = [results.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
+    outcomes = race(_register_overlapping, [(path, 10 * i) for i in range(PROCESSES)]).outcomes
 
     assert [status for status, _ in outcomes] == ["ok"] * PROCESSES, outcomes
     registry = Registry(path)
@@ -249,17 +212,7 @@ def test_processes_opening_a_new_registry_file_at_the_same_moment_all_succeed(
 ) -> None:
     rounds, processes = 5, 6
     paths = [str(tmp_path / f"round{n}" / "registry.sqlite") for n in range(rounds)]
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(processes), context.Queue()
-    workers = [
-        context.Process(target=_open_new_registries_together, args=(paths, barrier, results))
-        for _ in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    outcomes = [results.get(timeout=240) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
+    outcomes = race(_open_new_registries_together, [(paths,)] * processes, timeout=240).outcomes
 
     failures = [o for outcome in outcomes for o in outcome if o != "ok"]
     assert failures == [], failures

@@ -8,21 +8,12 @@ folder, and is stopped by PID with SIGINT. Every test gets a database of its own
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import multiprocessing
-import os
-import pwd
-import shutil
 import signal
-import socket
 import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -32,68 +23,27 @@ from genoflow.storage.layout import ArtifactKey
 from genoflow.storage.locations import DataType, LocalLocation
 from genoflow.storage.registry import Registry
 from genoflow.storage.registry import replicas as replica_table
-from genoflow_tests.test_datamanager import PROCESSES, _register_many, every_replica, local, store
-from genoflow_tests.test_registry import row
-from genoflow_tests.test_transfer import RELPATH, flip_last_byte, publish_artifact, upload_artifact
-from scripts import cluster_services
+from genoflow_tests.support.artifacts import (
+    RELPATH,
+    every_replica,
+    flip_last_byte,
+    local,
+    publish_artifact,
+    register_many,
+    store,
+    upload_artifact,
+)
+from genoflow_tests.support.postgres import (
+    free_port,
+    postgres_binary,
+    run_as_postgres,
+    server_folder,
+    wait_until_ready,
+)
+from genoflow_tests.support.processes import race
+from genoflow_tests.support.rows import row
 
-
-def postgres_binary(name: str) -> str:
-    """``initdb``/``postgres`` (see :func:`scripts.cluster_services.postgres_binary`); skip
-    without, or fail under ``GENOFLOW_REQUIRE_TOOLS=1``."""
-    try:
-        return cluster_services.postgres_binary(name)
-    except cluster_services.ServiceError:
-        pass
-    message = f"{name} is not installed: apt-get install postgresql to run the PostgreSQL tests"
-    if os.environ.get("GENOFLOW_REQUIRE_TOOLS") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-run_as_postgres = cluster_services.as_postgres_user
-
-
-@contextlib.contextmanager
-def server_folder(user: dict[str, Any]) -> Iterator[Path]:
-    """A private folder for the server's files, owned by the user it runs as; removed after.
-
-    It is made in the system temp folder, not under pytest's: pytest resets its base folder to
-    0700 whenever a session starts, so a server running as another user there loses access to
-    its own files as soon as a second test session starts on the machine.
-    """
-    folder = Path(tempfile.mkdtemp(prefix="genoflow-postgres-"))
-    try:
-        if user:
-            entry = pwd.getpwnam(user["user"])
-            os.chown(folder, entry.pw_uid, entry.pw_gid)
-        yield folder
-    finally:
-        shutil.rmtree(folder)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_ready(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    engine = sa.create_engine(f"{url}/postgres")
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"postgres exited with {server.returncode}: {log.read_text()}")
-            try:
-                with engine.connect():
-                    return
-            except sa.exc.OperationalError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"postgres did not accept connections: {log.read_text()}")
-                time.sleep(0.1)
-    finally:
-        engine.dispose()
+PROCESSES = 4
 
 
 @pytest.fixture(scope="module")
@@ -240,19 +190,9 @@ def test_concurrent_registration_from_several_processes_succeeds(
         key = ArtifactKey("intervals", f"{md5:032x}", "sorted", "1")
         publish_artifact(tmp_path / "shared", key=key)
     DataManager(registry_url, workdir=tmp_path / "work").close()  # tables exist before the race
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(PROCESSES), context.Queue()
-    workers = [
-        context.Process(
-            target=_register_many, args=(registry_url, str(tmp_path), n, barrier, results)
-        )
-        for n in range(PROCESSES)
-    ]
-    for worker in workers:
-        worker.start()
-    outcomes = [results.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
+    outcomes = race(
+        register_many, [(registry_url, str(tmp_path), n) for n in range(PROCESSES)]
+    ).outcomes
 
     assert sorted(outcomes) == [("ok", n) for n in range(PROCESSES)], outcomes
     manager = DataManager(registry_url, workdir=tmp_path / "work")

@@ -38,16 +38,8 @@ import sqlalchemy as sa
 from genoflow.storage.cache import MARKER
 
 from .support import gcs_emulator as emulator
-from .support.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
-from .support.signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
-from .test_registry_postgres import (
-    free_port,
-    postgres_binary,
-    run_as_postgres,
-    server_folder,
-    wait_until_ready,
-)
-from .test_reliability_concurrency import (
+from .support.crashes import bucket_partials, bucket_problems
+from .support.deployments import (
     REPO,
     artifacts,
     cli_env,
@@ -58,7 +50,15 @@ from .test_reliability_concurrency import (
     registry_problems,
     replica_rows,
 )
-from .test_reliability_crashes import bucket_partials, bucket_problems
+from .support.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
+from .support.postgres import (
+    free_port,
+    postgres_binary,
+    run_as_postgres,
+    server_folder,
+    wait_until_ready,
+)
+from .support.signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
 
 # ruff: noqa: F811 - pytest fixtures imported from their modules
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from genoflow_tests.test_reliability_concurrency import (
+from genoflow_tests.support.deployments import (
     artifacts,
     content_problems,
     dagster_problems,

@@ -36,9 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from genoflow_tests.support import gcs_emulator
-from genoflow_tests.test_reliability_concurrency import cli_env, debris, finish, launch
-from genoflow_tests.test_reliability_concurrency import registry_problems as registry_checks
-from genoflow_tests.test_reliability_crashes import (
+from genoflow_tests.support.crashes import (
     MOMENTS,
     bucket_partials,
     classify,
@@ -48,6 +46,8 @@ from genoflow_tests.test_reliability_crashes import (
     sorting,
     write_big_bed,
 )
+from genoflow_tests.support.deployments import cli_env, debris, finish, launch
+from genoflow_tests.support.deployments import registry_problems as registry_checks
 
 
 @dataclass
