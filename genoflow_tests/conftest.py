@@ -1,4 +1,7 @@
-"""Shared fixtures: the reference tools used as oracles, and the demo data folder."""
+"""Shared fixtures: the reference tools used as oracles, the demo data folder, a Dagster instance.
+
+Helpers that are not fixtures (servers, fakes, process races) live in ``genoflow_tests/support``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
@@ -51,6 +59,15 @@ def bgzip() -> str:
 @pytest.fixture
 def data_dir() -> Path:
     return DATA
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    """An ephemeral Dagster instance (``instance_for_test``), disposed after the test."""
+    from dagster import instance_for_test  # imported here: most tests never need dagster
+
+    with instance_for_test() as instance:
+        yield instance
 
 
 def run_cli(

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+from dagster import AssetKey, DagsterInstance, materialize
 
 from genoflow.assets import family_assets, family_checks
 from genoflow.io_manager import ArtifactIOManager
@@ -23,12 +23,6 @@ ONE_PER_FAMILY = {
     "intervals": "trio.vcf",
     "passthrough": "coverage.bw",
 }
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
 
 
 def _resources(home: Path) -> dict:

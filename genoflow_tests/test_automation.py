@@ -10,7 +10,6 @@ from dagster import (
     DagsterInstance,
     DefaultSensorStatus,
     evaluate_automation_conditions,
-    instance_for_test,
 )
 from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG
 from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
@@ -24,12 +23,6 @@ from genoflow.pipeline import version_of
 
 MD5 = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
 
 
 def _built(instance: DagsterInstance, family: str, asset: str, md5: str, content: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from genoflow.manifest import read_manifest
+from genoflow_tests.support.checksums import md5_file
 
 from .conftest import DATA, require_tool, run_cli
 
@@ -146,8 +147,8 @@ def test_a_chain_missing_an_artifact_locally_runs_again(demo_home, tmp_path) -> 
 def test_bad_rows_and_bad_files_are_reported_while_good_ones_are_built(tmp_path) -> None:
     shutil.copy(DATA / "manifests" / "demo" / "genes.gtf", tmp_path / "genes.gtf")
     (tmp_path / "broken.vcf").write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\nchr1\tnot-a-number\n")
-    broken_md5 = _md5(tmp_path / "broken.vcf")
-    good_md5 = _md5(tmp_path / "genes.gtf")
+    broken_md5 = md5_file(tmp_path / "broken.vcf")
+    good_md5 = md5_file(tmp_path / "genes.gtf")
     (tmp_path / "m.tsv").write_text(
         "name\turi\tmd5\n"
         f"genes.gtf\tgenes.gtf\t{good_md5}\n"
@@ -165,12 +166,6 @@ def test_bad_rows_and_bad_files_are_reported_while_good_ones_are_built(tmp_path)
     assert records["wrong.vcf"]["assets"]["source"] == "failed"
     assert "md5" in records["wrong.vcf"]["error"]
     assert not list((tmp_path / "home" / "cache").rglob("*.tmp.*"))
-
-
-def _md5(path: Path) -> str:
-    import hashlib
-
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def test_concurrent_runs_on_one_home_all_succeed_and_leave_one_artifact_each(tmp_path) -> None:
@@ -205,7 +200,7 @@ def test_local_sources_outside_the_manifest_folder_are_refused(tmp_path) -> None
     inside = tmp_path / "manifests"
     inside.mkdir()
     (inside / "escape.bed").symlink_to(secret)
-    md5 = _md5(secret)
+    md5 = md5_file(secret)
     (inside / "m.tsv").write_text(
         f"name\turi\tmd5\nabsolute.bed\t{secret}\t{md5}\nrelative.bed\t../outside/secret.bed\t{md5}\n"
         f"link.bed\tescape.bed\t{md5}\n"

@@ -48,7 +48,7 @@ from scripts.cluster_report import (
 from scripts.cluster_services import postgres_binary
 from scripts.local_cluster import BUCKET, LocalCluster
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(420)]
 RUN_TIMEOUT = 150.0
 
 

@@ -25,6 +25,8 @@ from genoflow.storage.locations import AlreadyExists, ObjectInfo
 
 from .support.gcs_emulator import GcsEmulator, gcs_bucket, gcs_emulator  # noqa: F401
 
+pytestmark = pytest.mark.system  # starts a server (see pyproject markers)
+
 # Latin-1 bytes in a record, as real files carry them.
 DATA = b"chr1\t10\t20\tpeak_caf\xe9\nchr2\t5\t9\t\xff\xfe\n" * 100
 MD5 = hashlib.md5(DATA).hexdigest()

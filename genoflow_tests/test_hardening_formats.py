@@ -13,7 +13,6 @@ The end-to-end cases share one ``genoflow run --json`` of one manifest; the refe
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import subprocess
@@ -33,6 +32,7 @@ from genoflow.processors.records import LineSource, RecordReader
 from genoflow.processors.sortjob import SortJob
 from genoflow.processors.streamed import sort_streamed
 from genoflow.storage.cache import Cache
+from genoflow_tests.support.checksums import md5_file
 
 from .conftest import DATA, run_cli
 
@@ -77,12 +77,8 @@ class Ran:
         return Cache(self.home / "cache").folder(key_for(record["family"], record["md5"], "index"))
 
 
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def _manifest(folder: Path, names: list[str]) -> Path:
-    lines = ["name\turi\tmd5"] + [f"{n}\t{n}\t{_md5(folder / n)}" for n in names]
+    lines = ["name\turi\tmd5"] + [f"{n}\t{n}\t{md5_file(folder / n)}" for n in names]
     manifest = folder / "manifest.tsv"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest

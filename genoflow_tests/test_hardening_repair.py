@@ -248,6 +248,7 @@ def test_a_cache_folder_registered_invalid_is_absent_to_the_node_and_moved_aside
         node.close()
 
 
+@pytest.mark.system
 def test_when_the_local_and_the_gcs_copy_are_both_damaged_repair_rebuilds_and_republishes_both(
     tmp_path: Path, gcs_bucket: str, gcs_emulator: GcsEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -245,6 +245,7 @@ def test_an_endless_stream_is_read_no_further_than_one_byte_past_the_declared_si
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.system
 def test_an_https_body_whose_length_differs_from_the_manifest_fails_before_download(
     tmp_path: Path, signed_url_server: SignedUrlServer
 ) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import json
 import os
 import subprocess
@@ -49,8 +48,11 @@ from genoflow.storage.registry import replicas as replica_table
 
 from .conftest import DATA
 from .support.artifacts import RELPATH, publish_artifact
+from .support.checksums import md5_hex
 from .support.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
 from .support.signed_url_server import SignedUrlServer
+
+pytestmark = pytest.mark.system  # starts a server (see pyproject markers)
 
 # ruff: noqa: F811 - pytest fixtures imported from their modules
 
@@ -112,13 +114,13 @@ class Context:
     def put(self, name: str, data: bytes) -> Entry:
         """Write a local file named ``name`` and return its row, md5 and all."""
         (self.folder / name).write_bytes(data)
-        return self._unique(Entry(name, name, md5(data)))
+        return self._unique(Entry(name, name, md5_hex(data)))
 
     def serve(self, name: str, data: bytes, **fault: Any) -> Entry:
         self.server.put(name, data)
         if fault:
             self.server.fault(name, **fault)
-        return self._unique(Entry(name, self.server.url(name), md5(data)))
+        return self._unique(Entry(name, self.server.url(name), md5_hex(data)))
 
     def alias(self, name: str, of: str) -> Entry:
         """Another row naming a file already written: the same source, so one run builds both."""
@@ -130,10 +132,6 @@ class Context:
         assert entry.md5 not in self.written, f"{entry.name} has the content of another case"
         self.written[entry.md5] = entry
         return entry
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -240,7 +238,7 @@ def _not_a_file(name: str, uri: str, *, folder: bool) -> Make:
     def make(ctx: Context) -> list[Entry]:
         if folder:
             (ctx.folder / uri).mkdir()
-        return [Entry(name, uri, md5(name.encode()))]
+        return [Entry(name, uri, md5_hex(name.encode()))]
 
     return make
 
@@ -256,7 +254,7 @@ def _row(name: str, *, manifest: str = "main.tsv", **fields: str) -> Make:
     """A row refused before any file is read (the file itself is a good one)."""
 
     def make(ctx: Context) -> list[Entry]:
-        tag = md5(name.encode())[:12]
+        tag = md5_hex(name.encode())[:12]
         entry = ctx.put(f"for_{tag}.bed", bed([b"chr1\t5\t9\t%s" % tag.encode()]))
         entry.name, entry.manifest = name, manifest
         for key, value in fields.items():
@@ -289,7 +287,7 @@ def _remote(name: str, *, url: Callable[[Context], str] | None = None, **fault: 
 
 def _gs_missing(name: str, *, with_md5: bool) -> Make:
     def make(ctx: Context) -> list[Entry]:
-        return [Entry(name, f"gs://{ctx.bucket}/nowhere/{name}", md5(name.encode()) * with_md5)]
+        return [Entry(name, f"gs://{ctx.bucket}/nowhere/{name}", md5_hex(name.encode()) * with_md5)]
 
     return make
 
@@ -314,7 +312,7 @@ CASES = [
     # Damaged or mislabelled content.
     Case("truncated-bgzf", _truncated_bgzf, Fails("source", "stage", "truncated")),
     Case("bgzf-missing-eof-block", _bgzf_without_eof, Fails("source", "stage", "EOF block")),
-    Case("wrong-md5", _checked_against("wrong_md5.vcf", vcf([], tag="md5"), md5=md5(b"other")),
+    Case("wrong-md5", _checked_against("wrong_md5.vcf", vcf([], tag="md5"), md5=md5_hex(b"other")),
          Fails("source", "stage", "md5 is")),
     Case("size-mismatch", _checked_against("wrong_size.vcf", vcf([], tag="size"), size="1"),
          Fails("source", "stage", "size is")),

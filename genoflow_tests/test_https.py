@@ -19,6 +19,8 @@ from genoflow.errors import ChecksumError, SourceError, redact
 from genoflow.storage import https, staging
 from genoflow_tests.support.signed_url_server import SignedUrlServer, signed_url_server
 
+pytestmark = pytest.mark.system  # starts a server (see pyproject markers)
+
 __all__ = ["signed_url_server"]  # the fixture, re-exported so pytest finds it here
 
 # ~300 KB with every byte value, so halves and resumes fall mid-stream and bytes stay raw.

@@ -43,6 +43,8 @@ from genoflow_tests.support.postgres import (
 from genoflow_tests.support.processes import race
 from genoflow_tests.support.rows import row
 
+pytestmark = pytest.mark.system  # starts a server (see pyproject markers)
+
 PROCESSES = 4
 
 

@@ -44,6 +44,8 @@ from .support.deployments import (
 )
 from .support.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
 
+pytestmark = pytest.mark.system  # starts a server (see pyproject markers)
+
 # ruff: noqa: F811 - pytest fixtures imported from the emulator module
 
 # --- one kill and the run after it ---------------------------------------------------------------

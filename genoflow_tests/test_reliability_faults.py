@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ import sqlalchemy as sa
 from genoflow.storage.cache import MARKER
 
 from .support import gcs_emulator as emulator
+from .support.checksums import md5_hex
 from .support.crashes import bucket_partials, bucket_problems
 from .support.deployments import (
     REPO,
@@ -60,13 +60,11 @@ from .support.postgres import (
 )
 from .support.signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
 
+pytestmark = pytest.mark.system  # starts a server (see pyproject markers)
+
 # ruff: noqa: F811 - pytest fixtures imported from their modules
 
 GCSFS_TIME_SCALE = 50
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def write_source(folder: Path, name: str, data: bytes) -> Path:
@@ -74,7 +72,7 @@ def write_source(folder: Path, name: str, data: bytes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_bytes(data)
     manifest = folder / f"{name}.tsv"
-    manifest.write_text(f"name\turi\tmd5\n{name}\t{name}\t{md5(data)}\n")
+    manifest.write_text(f"name\turi\tmd5\n{name}\t{name}\t{md5_hex(data)}\n")
     return manifest
 
 
@@ -266,7 +264,7 @@ def _served_manifest(folder: Path, server: SignedUrlServer, name: str, **fault: 
     server.put(name, data)
     server.fault(name, **fault)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "m.tsv").write_text(f"name\turi\tmd5\n{name}\t{server.url(name)}\t{md5(data)}\n")
+    (folder / "m.tsv").write_text(f"name\turi\tmd5\n{name}\t{server.url(name)}\t{md5_hex(data)}\n")
     return data
 
 
@@ -280,7 +278,7 @@ def test_a_download_reset_twice_resumes_and_builds_from_the_whole_body(
 
     assert status == 0, err
     assert set(summary(out)["assets"].values()) == {"built"}
-    (source,) = (home / "cache").glob(f"*/*/{md5(data)}/source/v*/source.bed")
+    (source,) = (home / "cache").glob(f"*/*/{md5_hex(data)}/source/v*/source.bed")
     assert source.read_bytes() == data
     assert len(signed_url_server.requests_for("reset.bed")) == 3
 
@@ -297,7 +295,7 @@ def test_a_body_shorter_than_declared_fails_the_source_and_leaves_no_partial_fil
     assert status == 1
     assert record["assets"]["source"] == "failed"
     assert record["error"].startswith("[stage] ") and "fewer bytes" in record["error"]
-    assert not list((home / "cache").glob(f"*/*/{md5(data)}/*/*"))  # not even a temp folder
+    assert not list((home / "cache").glob(f"*/*/{md5_hex(data)}/*/*"))  # not even a temp folder
     assert debris(home) == []
     assert signed_url_server.secret not in out
 

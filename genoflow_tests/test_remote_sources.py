@@ -12,9 +12,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from .conftest import DATA, run_cli
 from .support.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401
 from .support.signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401
+
+pytestmark = pytest.mark.system  # starts a server (see pyproject markers)
 
 # ruff: noqa: F811 - pytest fixtures imported from their modules
 

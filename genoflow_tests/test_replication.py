@@ -21,6 +21,8 @@ from genoflow.storage.registry import Registry
 from .conftest import DATA, run_cli
 from .support.gcs_emulator import GcsEmulator, gcs_bucket, gcs_emulator  # noqa: F401
 
+pytestmark = pytest.mark.system  # starts a server (see pyproject markers)
+
 # ruff: noqa: F811 - pytest fixtures imported from the emulator module
 
 DEMO = DATA / "manifests" / "demo.tsv"

@@ -16,7 +16,6 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     build_schedule_context,
-    instance_for_test,
 )
 from dagster._core.definitions.data_version import CODE_VERSION_TAG
 from dagster._core.storage.tags import PARTITION_NAME_TAG
@@ -32,10 +31,10 @@ NIGHT = dt.datetime(2026, 11, 23, 2, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("intervals_md5", [MD5, OTHER])
-        yield instance
+def instance(instance: DagsterInstance) -> DagsterInstance:
+    """The shared test instance, with the two md5 partitions these schedules evaluate."""
+    instance.add_dynamic_partitions("intervals_md5", [MD5, OTHER])
+    return instance
 
 
 def _built(instance: DagsterInstance, asset: str, md5: str, *, version: str | None = None) -> None:

@@ -10,25 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
+from dagster import DagsterInstance, build_sensor_context
 
-from genoflow.jobs import family_job
 from genoflow.manifest import read_manifest
 from genoflow.manifest_diff import HandledLines, SidecarStore, read_changed
 from genoflow.partitions import PARTITIONS
-from genoflow.pipeline import CHAINS, chain_version
+from genoflow.pipeline import chain_version
 from genoflow.resources import GenoflowResource
-from genoflow.sensors import evaluate, manifest_sensor, run_key
+from genoflow.sensors import evaluate, run_key
 from genoflow.storage.registry import Registry
 from genoflow.watch import LocalManifests, ManifestCursor, scan
-
-HEADER = "name\turi\tmd5\tformat\tsize\n"
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
+from genoflow_tests.support.sensors import HEADER, tick
 
 
 @pytest.fixture
@@ -70,20 +62,6 @@ def _inputs(folder: Path) -> dict[str, tuple[str, str, int]]:
     }
 
 
-def _tick(instance: DagsterInstance, home: Path, cursor: str | None):
-    sensor = manifest_sensor([family_job(f) for f in CHAINS], minimum_interval_seconds=30)
-    context = build_sensor_context(
-        instance=instance,
-        cursor=cursor,
-        resources={"genoflow": GenoflowResource(home=str(home))},
-    )
-    result = sensor(context)
-    if isinstance(result, SensorResult):
-        for request in result.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-    return result
-
-
 def _requested(result) -> list[tuple[str | None, str | None]]:
     return sorted((r.job_name, r.partition_key) for r in (result.run_requests or []))
 
@@ -93,7 +71,7 @@ def test_new_manifest_adds_partitions_and_requests_one_chain_run_per_md5(
 ) -> None:
     inputs = _inputs(watched)
     _manifest(watched, "batch.tsv", [*inputs.values(), ("copy.bed", inputs["peaks"][1], 11)])
-    result = _tick(instance, home, None)
+    result = tick(instance, home, None)
     assert _requested(result) == sorted(
         [
             ("alignments_chain", inputs["reads"][1]),
@@ -114,7 +92,7 @@ def test_new_manifest_adds_partitions_and_requests_one_chain_run_per_md5(
 def test_registers_every_valid_row_in_the_same_tick(instance, watched, home) -> None:
     inputs = _inputs(watched)
     _manifest(watched, "batch.tsv", [*inputs.values(), ("copy.bed", inputs["peaks"][1], 11)])
-    _tick(instance, home, None)
+    tick(instance, home, None)
     names = sorted(row.name for row in Registry(home / "registry.db").rows())
     assert names == ["copy.bed", "peaks.bed", "reads.sam", "table.csv"]
 
@@ -122,7 +100,7 @@ def test_registers_every_valid_row_in_the_same_tick(instance, watched, home) -> 
 def test_run_keys_name_family_md5_and_code_version(instance, watched, home) -> None:
     name, md5, size = _file(watched, "peaks.bed", b"chr1\t10\t20\n")
     _manifest(watched, "one.tsv", [(name, md5, size)])
-    (request,) = _tick(instance, home, None).run_requests
+    (request,) = tick(instance, home, None).run_requests
     assert request.run_key == f"intervals:{md5}:{chain_version('intervals')}"
     assert request.run_key == run_key("intervals", md5)
     assert request.tags["genoflow/format"] == "bed"
@@ -131,18 +109,18 @@ def test_run_keys_name_family_md5_and_code_version(instance, watched, home) -> N
 
 def test_identical_rewrite_requests_nothing(instance, watched, home) -> None:
     _manifest(watched, "batch.tsv", list(_inputs(watched).values()))
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     _manifest(watched, "batch.tsv", list(_inputs(watched).values()))
-    second = _tick(instance, home, first.cursor)
+    second = tick(instance, home, first.cursor)
     assert not second.run_requests and not second.dynamic_partitions_requests
     assert "1 unchanged" in second.skip_reason.skip_message
 
 
 def test_renamed_manifest_requests_nothing(instance, watched, home) -> None:
     path = _manifest(watched, "batch.tsv", list(_inputs(watched).values()))
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     path.rename(watched / "renamed.tsv")
-    second = _tick(instance, home, first.cursor)
+    second = tick(instance, home, first.cursor)
     assert not second.run_requests and not second.dynamic_partitions_requests
     assert "1 renamed or copied" in second.skip_reason.skip_message
     assert list(ManifestCursor.parse(second.cursor).hashes) == ["renamed.tsv"]
@@ -151,9 +129,9 @@ def test_renamed_manifest_requests_nothing(instance, watched, home) -> None:
 def test_deleted_manifest_requests_nothing_and_deletes_nothing(instance, watched, home) -> None:
     inputs = _inputs(watched)
     path = _manifest(watched, "batch.tsv", list(inputs.values()))
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     path.unlink()
-    second = _tick(instance, home, first.cursor)
+    second = tick(instance, home, first.cursor)
     assert not second.run_requests and not second.dynamic_partitions_requests
     assert ManifestCursor.parse(second.cursor).hashes == {}
     assert instance.get_dynamic_partitions("intervals_md5") == [inputs["peaks"][1]]
@@ -165,10 +143,10 @@ def test_changed_md5_gets_a_new_partition_and_run_while_the_old_stays(
 ) -> None:
     old = _file(watched, "peaks.bed", b"chr1\t10\t20\n")
     _manifest(watched, "batch.tsv", [old])
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     new = _file(watched, "peaks.bed", b"chr1\t10\t20\nchr2\t5\t9\n")
     _manifest(watched, "batch.tsv", [new])
-    second = _tick(instance, home, first.cursor)
+    second = tick(instance, home, first.cursor)
     assert _requested(second) == [("intervals_chain", new[1])]
     assert instance.get_dynamic_partitions("intervals_md5") == [old[1], new[1]]
 
@@ -176,10 +154,10 @@ def test_changed_md5_gets_a_new_partition_and_run_while_the_old_stays(
 def test_second_manifest_sharing_an_md5_requests_only_the_new_one(instance, watched, home) -> None:
     inputs = _inputs(watched)
     _manifest(watched, "first.tsv", [inputs["reads"], inputs["peaks"]])
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     other = _file(watched, "other.bed", b"chr3\t1\t2\n")
     _manifest(watched, "second.tsv", [inputs["peaks"], other])
-    second = _tick(instance, home, first.cursor)
+    second = tick(instance, home, first.cursor)
     assert _requested(second) == [("intervals_chain", other[1])]
 
 
@@ -188,7 +166,7 @@ def test_invalid_rows_are_logged_with_file_and_line_while_valid_rows_flow(
 ) -> None:
     good = _file(watched, "peaks.bed", b"chr1\t10\t20\n")
     path = _manifest(watched, "mixed.tsv", [good], extra="broken.bed\tbroken.bed\tnot-an-md5\t\t\n")
-    result = _tick(instance, home, None)
+    result = tick(instance, home, None)
     assert _requested(result) == [("intervals_chain", good[1])]
     assert f"{path}:3: malformed md5 'not-an-md5'" in capfd.readouterr().err
 
@@ -201,7 +179,7 @@ def test_an_unreadable_manifest_is_logged_and_the_others_still_flow(
     bad = watched / "bad.json"
     bad.write_text('{"not": "a list"}')
     os.utime(bad, (time.time() - 60, time.time() - 60))
-    result = _tick(instance, home, None)
+    result = tick(instance, home, None)
     assert _requested(result) == [("intervals_chain", good[1])]
     assert "bad.json: a JSON manifest must be a list of objects" in capfd.readouterr().err
 
@@ -209,17 +187,17 @@ def test_an_unreadable_manifest_is_logged_and_the_others_still_flow(
 def test_a_manifest_still_being_written_waits_for_a_later_tick(instance, watched, home) -> None:
     path = _manifest(watched, "batch.tsv", list(_inputs(watched).values()))
     os.utime(path)  # touched just now: maybe a copy in progress
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     assert not first.run_requests
     assert "still being written" in first.skip_reason.skip_message
     os.utime(path, (time.time() - 60, time.time() - 60))
-    assert len(_tick(instance, home, first.cursor).run_requests) == 3
+    assert len(tick(instance, home, first.cursor).run_requests) == 3
 
 
 def test_the_cursor_holds_one_short_hash_per_manifest_not_its_rows(instance, watched, home) -> None:
     rows = [(f"f{i}.bed", hashlib.md5(str(i).encode()).hexdigest(), 10) for i in range(2000)]
     _manifest(watched, "big.tsv", rows)
-    result = _tick(instance, home, None)
+    result = tick(instance, home, None)
     assert len(result.run_requests) == 2000
     assert list(json.loads(result.cursor)["hashes"]) == ["big.tsv"]
     assert len(result.cursor) < 100
@@ -227,7 +205,7 @@ def test_the_cursor_holds_one_short_hash_per_manifest_not_its_rows(instance, wat
 
 def test_a_missing_folder_is_a_skip_that_says_what_to_do(instance, tmp_path, home, monkeypatch):
     monkeypatch.setenv("GENOFLOW_MANIFESTS", str(tmp_path / "nowhere"))
-    result = _tick(instance, home, None)
+    result = tick(instance, home, None)
     assert "does not exist" in result.skip_message
     assert "GENOFLOW_MANIFESTS" in result.skip_message
 
@@ -238,7 +216,7 @@ def test_an_md5_partitioned_before_the_sensor_saw_it_is_not_requested_again(
     inputs = _inputs(watched)
     instance.add_dynamic_partitions(PARTITIONS["intervals"].name, [inputs["peaks"][1]])
     _manifest(watched, "batch.tsv", [inputs["peaks"]])
-    result = _tick(instance, home, None)
+    result = tick(instance, home, None)
     assert not result.run_requests
     assert "no md5 new to its family" in result.skip_reason.skip_message
 
@@ -312,11 +290,11 @@ def test_a_small_edit_to_a_manifest_reads_only_its_new_lines(
 ) -> None:
     inputs = _inputs(watched)
     _manifest(watched, "batch.tsv", list(inputs.values()))
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     other = _file(watched, "other.bed", b"chr3\t1\t2\n")
     _manifest(watched, "batch.tsv", [other, inputs["reads"], inputs["peaks"]])
     _no_full_read(monkeypatch)
-    second = _tick(instance, home, first.cursor)
+    second = tick(instance, home, first.cursor)
     (request,) = second.run_requests
     assert (request.partition_key, request.tags["genoflow/manifest"]) == (other[1], "batch.tsv:2")
     names = sorted(row.name for row in Registry(home / "registry.db").rows())
@@ -329,14 +307,14 @@ def test_a_corrupt_or_missing_sidecar_falls_back_to_the_full_read(
 ) -> None:
     inputs = _inputs(watched)
     _manifest(watched, "batch.tsv", [inputs["reads"], inputs["peaks"]])
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     (sidecar,) = _sidecars(home)
     if damage == "corrupt":
         sidecar.write_text(sidecar.read_text()[:40])
     else:
         sidecar.unlink()
     _manifest(watched, "batch.tsv", list(inputs.values()))
-    second = _tick(instance, home, first.cursor)
+    second = tick(instance, home, first.cursor)
     assert _requested(second) == [("passthrough_chain", inputs["table"][1])]
     (digest,) = ManifestCursor.parse(second.cursor).hashes.values()
     assert SidecarStore(home / "state" / "manifest-lines").load(digest).rows
@@ -348,7 +326,7 @@ def test_invalid_rows_are_logged_again_after_a_small_edit(
     inputs = _inputs(watched)
     broken = "broken.bed\tbroken.bed\tnot-an-md5\t\t\n"
     _manifest(watched, "mixed.tsv", [inputs["peaks"]], extra=broken)
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     capfd.readouterr()
     path = _manifest(
         watched,
@@ -357,7 +335,7 @@ def test_invalid_rows_are_logged_again_after_a_small_edit(
         extra=broken + f"table.csv\ttable.csv\t{inputs['table'][1]}\t\t\n",
     )
     _no_full_read(monkeypatch)
-    second = _tick(instance, home, first.cursor)
+    second = tick(instance, home, first.cursor)
     assert _requested(second) == [("passthrough_chain", inputs["table"][1])]
     assert f"{path}:3: malformed md5 'not-an-md5'" in capfd.readouterr().err
 
@@ -367,9 +345,9 @@ def test_an_added_row_conflicting_with_an_unchanged_one_drops_both_as_a_full_rea
 ) -> None:
     peaks = _file(watched, "peaks.bed", b"chr1\t10\t20\n")
     _manifest(watched, "batch.tsv", [peaks])
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     _manifest(watched, "batch.tsv", [peaks, ("peaks.bed", hashlib.md5(b"x").hexdigest(), 1)])
-    second = _tick(instance, home, first.cursor)
+    second = tick(instance, home, first.cursor)
     assert not second.run_requests
     assert "batch.tsv:3: name 'peaks.bed' has conflicting md5s" in capfd.readouterr().err
 
@@ -378,22 +356,22 @@ def test_a_row_freed_from_a_conflict_by_an_edit_is_requested(instance, watched, 
     peaks = _file(watched, "peaks.bed", b"chr1\t10\t20\n")
     other = ("peaks.bed", hashlib.md5(b"x").hexdigest(), 1)
     _manifest(watched, "batch.tsv", [peaks, other])
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     assert not first.run_requests
     _manifest(watched, "batch.tsv", [peaks])
-    assert _requested(_tick(instance, home, first.cursor)) == [("intervals_chain", peaks[1])]
+    assert _requested(tick(instance, home, first.cursor)) == [("intervals_chain", peaks[1])]
 
 
 def test_a_tick_whose_cursor_was_not_committed_is_repeated_whole(instance, watched, home) -> None:
     inputs = _inputs(watched)
     _manifest(watched, "batch.tsv", [inputs["reads"]])
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     _manifest(watched, "batch.tsv", [inputs["reads"], inputs["peaks"]])
     context = build_sensor_context(instance=instance, cursor=first.cursor)
     settings = GenoflowResource(home=str(home)).settings()
     lost = evaluate(context, settings, LocalManifests(watched), limit=10)  # never committed
     assert _requested(lost) == [("intervals_chain", inputs["peaks"][1])]
-    again = _tick(instance, home, first.cursor)
+    again = tick(instance, home, first.cursor)
     assert _requested(again) == [("intervals_chain", inputs["peaks"][1])]
 
 
@@ -402,11 +380,11 @@ def test_sidecars_are_written_whole_and_only_for_contents_the_cursor_names(
 ) -> None:
     inputs = _inputs(watched)
     _manifest(watched, "batch.tsv", [inputs["reads"]])
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     _manifest(watched, "batch.tsv", [inputs["reads"], inputs["peaks"]])
-    second = _tick(instance, home, first.cursor)
+    second = tick(instance, home, first.cursor)
     _manifest(watched, "batch.tsv", list(inputs.values()))
-    third = _tick(instance, home, second.cursor)
+    third = tick(instance, home, second.cursor)
     digests = {*ManifestCursor.parse(second.cursor).hashes.values()}
     digests |= {*ManifestCursor.parse(third.cursor).hashes.values()}
     assert [p.name for p in _sidecars(home)] == sorted(f"{d}.json" for d in digests)

@@ -19,7 +19,9 @@ from genoflow.watch import manifest_location
 from genoflow.watch_gcs import GcsManifests
 
 from .support.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401
-from .test_sensors import HEADER, _tick, instance  # noqa: F401
+from .support.sensors import HEADER, tick
+
+pytestmark = pytest.mark.system  # starts a server (see pyproject markers)
 
 # ruff: noqa: F811 - pytest fixtures imported from other test modules
 
@@ -61,7 +63,7 @@ def test_a_gs_prefix_is_watched_and_relative_uris_name_objects_beside_the_manife
     _put(f"{prefix}/older/batch.tsv", manifest.encode())
 
     home = tmp_path / "home"
-    result = _tick(instance, home, None)
+    result = tick(instance, home, None)
 
     requested = sorted(r.partition_key for r in result.run_requests)
     assert requested == sorted(hashlib.md5(c).hexdigest() for c in (PEAKS, TABLE))
@@ -80,18 +82,18 @@ def test_rewrites_renames_and_deletions_in_the_bucket_request_nothing(
     manifest = (HEADER + _row("table.csv", "table.csv", TABLE)).encode()
     _put(f"{prefix}/a.tsv", manifest)
     home = tmp_path / "home"
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     assert len(first.run_requests) == 1
 
     _put(f"{prefix}/a.tsv", manifest)  # identical content, a new generation
-    assert not _tick(instance, home, first.cursor).run_requests
+    assert not tick(instance, home, first.cursor).run_requests
     _put(f"{prefix}/b.tsv", manifest)
     _delete(f"{prefix}/a.tsv")
-    renamed = _tick(instance, home, first.cursor)
+    renamed = tick(instance, home, first.cursor)
     assert not renamed.run_requests
     assert "renamed or copied" in renamed.skip_reason.skip_message
     _delete(f"{prefix}/b.tsv")
-    gone = _tick(instance, home, renamed.cursor)
+    gone = tick(instance, home, renamed.cursor)
     assert not gone.run_requests and "deleted" in gone.skip_reason.skip_message
 
 
@@ -99,11 +101,11 @@ def test_a_changed_md5_in_a_bucket_manifest_gets_a_new_partition(instance, prefi
     _put(f"{prefix}/table.csv", TABLE)
     _put(f"{prefix}/a.tsv", (HEADER + _row("table.csv", "table.csv", TABLE)).encode())
     home = tmp_path / "home"
-    first = _tick(instance, home, None)
+    first = tick(instance, home, None)
     changed = b"a,b\n1,3\n"
     _put(f"{prefix}/table.csv", changed)
     _put(f"{prefix}/a.tsv", (HEADER + _row("table.csv", "table.csv", changed)).encode())
-    second = _tick(instance, home, first.cursor)
+    second = tick(instance, home, first.cursor)
     assert [r.partition_key for r in second.run_requests] == [hashlib.md5(changed).hexdigest()]
 
 
@@ -123,7 +125,7 @@ def test_an_unreachable_bucket_skips_the_tick_and_keeps_the_cursor(
     monkeypatch.setenv("GENOFLOW_MANIFESTS", "gs://some-bucket/manifests")
     monkeypatch.setattr("genoflow.storage.gcs.call_with_retry", lambda operation: operation())
     monkeypatch.setattr("gcsfs.retry.asyncio", _FastClock())  # gcsfs's own backoff, 100× faster
-    result = _tick(instance, tmp_path / "home", '{"v":1,"hashes":{"a.tsv":"md5:00"}}')
+    result = tick(instance, tmp_path / "home", '{"v":1,"hashes":{"a.tsv":"md5:00"}}')
     assert "[watch] gs://some-bucket/manifests:" in result.skip_message
     assert "GENOFLOW_MANIFESTS" in result.skip_message
 
@@ -142,7 +144,7 @@ def test_a_bucket_manifest_cannot_make_genoflow_read_local_files(
     secret = Path("/etc/passwd").read_bytes()
     _put(f"{prefix}/a.tsv", (HEADER + _row("passwd.csv", "/etc/passwd", secret)).encode())
     home = tmp_path / "home"
-    _tick(instance, home, None)
+    tick(instance, home, None)
     (row,) = Registry(home / "registry.db").rows()
     settings = Settings.from_env({"GENOFLOW_HOME": str(home)})
 

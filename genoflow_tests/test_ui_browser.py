@@ -29,7 +29,7 @@ from .support.dagster_services import (
     wait_for_webserver,
 )
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 BED = "chr2\t50\t60\tb\nchr1\t30\t40\ta\nchr1\t10\t20\tc\n"
 CSV = "sample,reads\nNA12878,1000\n"

@@ -26,7 +26,7 @@ from .support.dagster_services import (
     wait_for_webserver,
 )
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 SAM = (
     "@HD\tVN:1.6\tSO:unsorted\n@SQ\tSN:chr1\tLN:10000\n"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from genoflow.storage.cache import MARKER
 from genoflow_tests.conftest import DATA
+from genoflow_tests.support.checksums import md5_file as md5_of
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = DATA / "manifests" / "demo"
@@ -97,14 +98,6 @@ def content_problems(home: Path) -> list[str]:
         if folder.is_dir() and not folder.name.startswith(".") and not (folder / MARKER).is_file():
             problems.append(f"{folder.relative_to(home)}: an artifact folder without its marker")
     return problems
-
-
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def marker_problems(folder: Path, checksum: str | None = None) -> list[str]:

@@ -1,0 +1,28 @@
+"""One tick of the manifest sensor against a test instance, and the manifest header it reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import DagsterInstance, SensorResult, build_sensor_context
+
+from genoflow.jobs import family_job
+from genoflow.pipeline import CHAINS
+from genoflow.resources import GenoflowResource
+from genoflow.sensors import manifest_sensor
+
+HEADER = "name\turi\tmd5\tformat\tsize\n"
+
+
+def tick(instance: DagsterInstance, home: Path, cursor: str | None):
+    sensor = manifest_sensor([family_job(f) for f in CHAINS], minimum_interval_seconds=30)
+    context = build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"genoflow": GenoflowResource(home=str(home))},
+    )
+    result = sensor(context)
+    if isinstance(result, SensorResult):
+        for request in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    return result
