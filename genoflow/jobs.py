@@ -8,6 +8,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 
 from genoflow.pipeline import job_name
+from genoflow.tags import FAMILY
 
 __all__ = ["family_job", "job_name"]
 
@@ -18,5 +19,5 @@ def family_job(family: str) -> UnresolvedAssetJobDefinition:
         job_name(family),
         selection=AssetSelection.groups(family),
         description=f"Stage, sort and index one {family} source (one md5 per run).",
-        tags={"genoflow/family": family},
+        tags={FAMILY: family},
     )

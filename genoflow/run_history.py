@@ -25,10 +25,7 @@ from typing import Any
 from genoflow.config import dagster_yaml
 from genoflow.outcome import Outcome
 from genoflow.pipeline import CHAINS, CHECKS, chain_version, job_name, key_for
-
-# The tag genoflow puts on every run it launches: the code versions of the chain it built
-# (``pipeline.chain_version``).
-CHAIN_TAG = "genoflow/chain"
+from genoflow.tags import CHAIN_TAG
 
 # Run statuses after which nothing more happens; an in-progress run is neither proof nor veto.
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")

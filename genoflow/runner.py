@@ -28,17 +28,14 @@ from genoflow.outcome import Outcome
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import CHAINS, CHECKS, chain_version, job_name
 from genoflow.run_history import (
-    CHAIN_TAG,
     FINISHED,
     VERDICT,
     Verdicts,
     chains_up_to_date,
 )
 from genoflow.storage.replicas import local_owner_gone, owner_id
+from genoflow.tags import CHAIN_TAG, LAUNCHED_BY, OWNER
 
-LAUNCHED_BY = "genoflow/launched_by"
-# host:pid of the process executing the run in process; a run left STARTED by a dead one is failed.
-OWNER = "genoflow/owner"
 # Failures reach the user through the summary; the run keeps every event in the instance.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 

@@ -22,6 +22,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
+from genoflow import tags
 from genoflow.backfill import Pending, plan
 from genoflow.pipeline import chain_version
 
@@ -82,9 +83,9 @@ def requests(
             partition_key=item.md5,
             asset_selection=item.asset_keys,
             tags={
-                "genoflow/family": family,
-                "genoflow/launched_by": schedule_name(family),
-                "genoflow/reason": item.describe()[:200],
+                tags.FAMILY: family,
+                tags.LAUNCHED_BY: schedule_name(family),
+                tags.REASON: item.describe()[:200],
             },
         )
         for item in pending

@@ -37,6 +37,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
+from genoflow import tags
 from genoflow.config import Settings
 from genoflow.errors import ManifestError
 from genoflow.jobs import job_name
@@ -285,12 +286,12 @@ def _run_request(row: ManifestRow) -> RunRequest:
         asset_selection=[AssetKey([row.family, asset]) for asset in CHAINS[row.family]],
         tags={
             **partition_tags,
-            "genoflow/family": row.family,
-            "genoflow/format": row.format,
-            "genoflow/name": row.name,
-            "genoflow/manifest": f"{row.manifest.name}:{row.line}",
-            "genoflow/launched_by": SENSOR_NAME,
+            tags.FAMILY: row.family,
+            tags.FORMAT: row.format,
+            tags.NAME: row.name,
+            tags.MANIFEST: f"{row.manifest.name}:{row.line}",
+            tags.LAUNCHED_BY: SENSOR_NAME,
             # A whole-chain run: once it succeeds, `genoflow run` needs no run for this md5.
-            "genoflow/chain": chain_version(row.family),
+            tags.CHAIN_TAG: chain_version(row.family),
         },
     )
