@@ -123,8 +123,8 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
 
     manifest, problems = load_manifests(paths)
     print_errors(problems)
-    registry = Registry(settings.registry_target)
-    registry.register(manifest.rows)
+    with Registry(settings.registry_target) as registry:
+        registry.register(manifest.rows)
     cache = Cache(settings.cache_root)
     cache.sweep()
     with open_node(settings) as node:

@@ -32,7 +32,8 @@ def _resources(home: Path) -> dict:
 
 def _register(home: Path, name: str, instance: DagsterInstance) -> tuple[str, str]:
     rows = [row for row in read_manifest(DEMO).rows if row.name == name]
-    Registry(home / "registry.db").register(rows)
+    with Registry(home / "registry.db") as registry:
+        registry.register(rows)
     family = rows[0].family
     instance.add_dynamic_partitions(PARTITIONS[family].name, [rows[0].md5])
     return family, rows[0].md5
@@ -76,7 +77,8 @@ def test_rematerializing_is_a_cache_hit_with_the_same_data_version(tmp_path, ins
 def test_a_wrong_md5_fails_the_source_and_publishes_nothing(tmp_path, instance) -> None:
     rows = [row for row in read_manifest(DEMO).rows if row.name == "genes.gtf"]
     wrong = "0" * 32
-    Registry(tmp_path / "registry.db").register([dataclasses.replace(rows[0], md5=wrong)])
+    with Registry(tmp_path / "registry.db") as registry:
+        registry.register([dataclasses.replace(rows[0], md5=wrong)])
     instance.add_dynamic_partitions(PARTITIONS["intervals"].name, [wrong])
     result = materialize(
         [*family_assets("intervals")],

@@ -179,6 +179,10 @@ def _server_engine(url: str) -> Engine:
 class Registry:
     """Source rows by md5, in SQLite by default.
 
+    A context manager: ``with Registry(url) as registry:`` disposes its engine (every pooled
+    connection, so a SQLite file is no longer held open) on leaving the block, errors included.
+    Closing twice is harmless.
+
     Args:
         url: a SQLAlchemy URL, or a filesystem path to a SQLite file.
         busy_timeout: seconds a call waits for another process's lock on a SQLite file.
@@ -195,6 +199,13 @@ class Registry:
             self.engine = _sqlite_engine(url, busy_timeout)
         else:
             self.engine = _server_engine(url)
+        try:
+            self._create_tables()
+        except BaseException:
+            self.engine.dispose()  # a registry that failed to open holds no connection
+            raise
+
+    def _create_tables(self) -> None:
         with self.begin() as connection:
             if connection.dialect.name == "postgresql":
                 # Concurrent CREATE TABLE on PostgreSQL races on its catalogue: serialize it.
@@ -316,7 +327,14 @@ class Registry:
         with self.connect() as connection:
             return list(connection.execute(query).scalars())
 
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Dispose the engine: its pooled connections are closed. Closing again does nothing."""
         self.engine.dispose()
 
 
