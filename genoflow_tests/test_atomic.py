@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from genoflow.storage import atomic
+from genoflow.storage.replicas import local_owner_gone, owner_id
 from genoflow_tests.support.processes import race
 
 PROCESSES = 8
@@ -187,3 +188,27 @@ def test_concurrent_publishers_without_a_lock_leave_exactly_one_winner(tmp_path:
     assert sorted(raced.outcomes) == [False] * (PROCESSES - 1) + [True]
     assert snapshot(dest) == {"data.bam": CONTENT}
     assert [p.name for p in dest.parent.iterdir()] == ["v1"]
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_an_owner_on_this_host_is_alive_while_its_pid_runs_and_gone_after() -> None:
+    dead = _dead_pid()
+    short = socket.gethostname().split(".")[0] or "localhost"
+    assert atomic.process_alive(socket.gethostname(), os.getpid()) is True
+    assert atomic.process_alive(socket.gethostname(), dead) is False
+    assert atomic.owner_alive(f".v1.tmp.{short}.{os.getpid()}.00ff00ff") is True
+    assert atomic.owner_alive(f".v1.tmp.{short}.{dead}.00ff00ff") is False
+    assert local_owner_gone(owner_id()) is False
+    assert local_owner_gone(f"{socket.gethostname()}:{dead}") is True
+
+
+def test_an_owner_on_another_host_is_never_presumed_dead() -> None:
+    dead = _dead_pid()
+    assert atomic.process_alive("another-host.example", dead) is None
+    assert atomic.owner_alive(f".v1.tmp.otherhost.{dead}.00ff00ff") is None
+    assert local_owner_gone(f"another-host.example:{dead}") is None

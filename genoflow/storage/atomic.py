@@ -135,20 +135,39 @@ def remove_tree(path: str | Path) -> None:
         shutil.rmtree(path)
 
 
-def owner_alive(name: str) -> bool | None:
-    """Whether the process that owns temp folder ``name`` still runs (None: not a temp name)."""
-    match = _TEMP.match(name)
-    if not match:
+def process_alive(host: str, pid: str | int) -> bool | None:
+    """Whether process ``pid`` of ``host`` still runs: the one owner-liveness rule.
+
+    On this host (its name as ``socket.gethostname`` gives it, or the short form temp folder
+    names carry) the pid is probed: False only when no such process exists; a process of
+    another user counts as alive. An owner on another host is never presumed dead, since its
+    pid cannot be checked from here: the answer is None, and the caller decides by age.
+
+    Args:
+        host: The host the owner recorded.
+        pid: Its process id (a string that is not a number also gives None).
+
+    Returns:
+        True (alive), False (gone) or None (cannot be told from this host).
+    """
+    if host not in (socket.gethostname(), _host()) or not str(pid).isdigit():
         return None
-    if match["host"] != _host():
-        return True
     try:
-        os.kill(int(match["pid"]), 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
+
+
+def owner_alive(name: str) -> bool | None:
+    """Whether the process that owns temp folder ``name`` still runs (:func:`process_alive`;
+    None also when ``name`` is not a temp folder name)."""
+    match = _TEMP.match(name)
+    if not match:
+        return None
+    return process_alive(match["host"], match["pid"])
 
 
 def sweep(parent: str | Path) -> list[Path]:
@@ -177,8 +196,9 @@ def sweep(parent: str | Path) -> list[Path]:
 
 
 def _is_dead(match: re.Match[str], path: Path) -> bool:
-    if match["host"] == _host():
-        return owner_alive(path.name) is False
+    alive = process_alive(match["host"], match["pid"])
+    if alive is not None:
+        return not alive
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:

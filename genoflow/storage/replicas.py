@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from genoflow.errors import StorageError
+from genoflow.storage.atomic import process_alive
 from genoflow.storage.locations import DataType, Location
 from genoflow.storage.registry import artifacts, dialect_insert, locations, replicas
 
@@ -242,18 +243,12 @@ def drop_pending(connection: Connection, location: str, path: str, owner: str) -
 
 
 def local_owner_gone(owner: str) -> bool | None:
-    """Whether the process ``host:pid`` (see :func:`owner_id`) has ended; None when it belongs to
-    another host, whose processes cannot be probed from here."""
+    """Whether the process ``host:pid`` (see :func:`owner_id`) has ended, by the one rule of
+    :func:`genoflow.storage.atomic.process_alive`: None when it belongs to another host, whose
+    processes cannot be probed from here (never presumed dead)."""
     host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    alive = process_alive(host, pid)
+    return None if alive is None else not alive
 
 
 def writer_gone(replica: Replica, max_age: float) -> bool:
