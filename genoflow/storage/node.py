@@ -58,13 +58,14 @@ class Node:
             f"{settings.deployment}:cache", settings.cache_root, deployment=settings.deployment
         )
         self.replicas = replica_locations(settings) if replicas is None else replicas
+        self.transferred: set[ArtifactKey] = set()
+        install_readers()
+        # Opened last: nothing after it can fail and leave its registry open.
         self.dm = DataManager(
             settings.registry_target,
             workdir=settings.home / "work",
             locations=[self.local, *self.replicas],
         )
-        self.transferred: set[ArtifactKey] = set()
-        install_readers()
 
     def close(self) -> None:
         self.dm.close()
