@@ -18,9 +18,9 @@ from genoflow.storage.atomic import remove_tree, temp_sibling
 from genoflow.storage.gcs import (
     GcsLocation,
     ObjectInfo,
-    _object_info,
     call_with_retry,
     describe,
+    object_info,
 )
 from genoflow.watch import MANIFEST_SUFFIXES, Listing
 
@@ -78,7 +78,7 @@ class GcsManifests:
             name = posixpath.basename(entry["name"].rstrip("/"))
             if entry.get("type") != "file" or not _is_manifest(name):
                 continue
-            hashes[name] = _content_hash(_object_info(entry))
+            hashes[name] = _content_hash(object_info(entry))
         self._listed = hashes
         return Listing(hashes)
 

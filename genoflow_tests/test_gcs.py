@@ -19,7 +19,7 @@ from gcsfs.retry import HttpError
 from google.oauth2.credentials import Credentials
 
 from genoflow.errors import SourceError, StorageError
-from genoflow.storage import gcs, staging
+from genoflow.storage import gcs, http_policy, staging
 from genoflow.storage.gcs import GcsLocation, call_with_retry, gs_md5, is_transient, open_gs
 from genoflow.storage.locations import AlreadyExists, ObjectInfo
 
@@ -334,7 +334,7 @@ def test_open_gs_turns_a_failed_read_into_source_error(
     gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     location(gcs_bucket).put(local_file(tmp_path), "in/peaks.bed")
-    opened = gcs._open_object
+    opened = gcs.open_object
 
     def timed_out(size: int = -1) -> bytes:
         raise TimeoutError
@@ -344,7 +344,7 @@ def test_open_gs_turns_a_failed_read_into_source_error(
         monkeypatch.setattr(handle, "read", timed_out)
         return handle
 
-    monkeypatch.setattr(gcs, "_open_object", cut_off)
+    monkeypatch.setattr(gcs, "open_object", cut_off)
     uri = f"gs://{gcs_bucket}/cache/in/peaks.bed"
     with pytest.raises(SourceError, match="read failed") as caught, open_gs(uri) as reader:
         reader.read()
@@ -412,7 +412,7 @@ def test_an_error_showing_a_token_is_not_chained_to_ours(
     def fail(*_: object) -> None:
         raise leak
 
-    monkeypatch.setattr(gcs, "_stat", fail)
+    monkeypatch.setattr(gcs, "stat_object", fail)
     # An endpoint that resolves offline: the file system checks its host name when built.
     local = "http://127.0.0.1:9"
     loc = GcsLocation(
@@ -462,6 +462,13 @@ def test_is_transient_accepts_what_a_retry_can_fix(exc: BaseException) -> None:
 )
 def test_is_transient_refuses_what_a_retry_cannot_fix(exc: BaseException) -> None:
     assert not is_transient(exc)
+
+
+def test_gcs_retries_exactly_the_http_statuses_every_http_read_retries() -> None:
+    retried = {code for code in range(400, 600) if is_transient(HttpError({"code": code}))}
+
+    assert retried == {code for code in range(400, 600) if http_policy.is_transient(code)}
+    assert {507, 599} <= retried and not {501, 505} & retried
 
 
 def flaky(failures: list[BaseException]) -> tuple[Callable[[], str], list[int]]:

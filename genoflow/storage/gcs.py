@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 READ_SIZE = 8 << 20  # one ranged GET per 8 MiB: few round trips, bounded memory
 DEFAULT_RETRIES = 2
-TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 _SECRETS = re.compile(r"(?i)(bearer\s+|access_token[\"'=:\s]+)[^\s\"',}]+|ya29\.[\w.-]+")
 _URLS = re.compile(r"https?://\S+")
@@ -147,12 +146,15 @@ def _is_dns_error(exc: BaseException) -> bool:
 def is_transient(exc: BaseException) -> bool:
     """Whether repeating the operation that raised ``exc`` may succeed.
 
-    True for HTTP 408, 429 and 5xx, dropped or refused connections, truncated bodies and
+    True for the HTTP statuses in :data:`~genoflow.storage.http_policy.RETRYABLE_STATUSES` (408,
+    429, 5xx but 501 and 505), dropped or refused connections, truncated bodies and
     timeouts; False for the rest (host names that do not resolve, missing objects, failed
     preconditions, access denied, bad requests, checksum mismatches, the project's own errors).
     """
     import aiohttp  # gcsfs's dependencies, loaded with it on first use
     import requests
+
+    from genoflow.storage.http_policy import RETRYABLE_STATUSES
 
     if isinstance(exc, FileNotFoundError | FileExistsError | PermissionError):
         return False
@@ -160,7 +162,7 @@ def is_transient(exc: BaseException) -> bool:
         return False  # a name that does not resolve now will not in the next seconds either
     status = _http_status(exc)
     if status is not None:
-        return status in TRANSIENT_HTTP
+        return status in RETRYABLE_STATUSES
     return isinstance(
         exc,
         ConnectionError
@@ -282,7 +284,7 @@ class GcsLocation(Location):
 
     def stat(self, path: str) -> ObjectInfo | None:
         key = self.key(path)
-        return self._run(lambda: _stat(self.filesystem(), key), path, "stat", "locate")
+        return self._run(lambda: stat_object(self.filesystem(), key), path, "stat", "locate")
 
     def get(self, path: str, dest: Path) -> ObjectInfo:
         """Download into ``dest``, hashing as it arrives; a copy that does not verify is deleted.
@@ -321,14 +323,14 @@ class GcsLocation(Location):
                 fs.put_file(str(src), key, mode="create" if if_absent else "overwrite")
             except FileExistsError as exc:
                 # A repeat after a lost response meets our own first write: same bytes, ours.
-                seen = _stat(fs, key) if attempts > 1 else None
+                seen = stat_object(fs, key) if attempts > 1 else None
                 if seen is None or (seen.size, seen.md5) != (local.size, local.md5):
                     raise AlreadyExists(
                         "another writer published this object first", file=uri, stage="publish"
                     ) from _cause(exc)
 
         self._run(upload, path, "upload", "transfer")
-        stored = self._run(lambda: _stat(self.filesystem(), key), path, "stat", "transfer")
+        stored = self._run(lambda: stat_object(self.filesystem(), key), path, "stat", "transfer")
         if stored is None or (stored.size, stored.md5 or local.md5) != (local.size, local.md5):
             try:
                 self._run(lambda: self._discard(key, stored), path, "delete", "transfer")
@@ -357,13 +359,13 @@ class GcsLocation(Location):
 
     def _download(self, path: str, dest: Path) -> ObjectInfo:
         try:
-            handle = _open_object(self.filesystem(), self.key(path))
+            handle = open_object(self.filesystem(), self.key(path))
         except FileNotFoundError as exc:
             raise StorageError(
                 "replica is missing", file=self.uri(path), stage="transfer", hint=_REPLICA_HINT
             ) from _cause(exc)
         with handle:
-            want = _object_info(handle.details)
+            want = object_info(handle.details)
             got = _copy_hashing(handle, dest, crc32c=want.md5 is None)
         problem = mismatch(want, got)
         if problem:
@@ -418,7 +420,7 @@ def open_gs(uri: str) -> Iterator[BinaryIO]:
     """
     bucket, key = _source_object(uri)
     try:
-        handle = call_with_retry(lambda: _open_object(make_filesystem(), f"{bucket}/{key}"))
+        handle = call_with_retry(lambda: open_object(make_filesystem(), f"{bucket}/{key}"))
     except FileNotFoundError as exc:
         raise SourceError("object not found", file=uri) from _cause(exc)
     except _store_errors() as exc:
@@ -437,7 +439,7 @@ def gs_md5(uri: str) -> str | None:
     """
     bucket, key = _source_object(uri)
     try:
-        info = call_with_retry(lambda: _stat(make_filesystem(), f"{bucket}/{key}"))
+        info = call_with_retry(lambda: stat_object(make_filesystem(), f"{bucket}/{key}"))
     except _store_errors() as exc:
         raise SourceError(
             f"cannot stat: {describe(exc)}", file=uri, hint=_hint(exc, bucket)
@@ -489,7 +491,8 @@ def _source_object(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _stat(fs: GCSFileSystem, key: str) -> ObjectInfo | None:
+def stat_object(fs: GCSFileSystem, key: str) -> ObjectInfo | None:
+    """The object named exactly ``key`` (``bucket/name``), or None when there is none."""
     try:
         info = fs.info(key)
     except FileNotFoundError:
@@ -497,10 +500,11 @@ def _stat(fs: GCSFileSystem, key: str) -> ObjectInfo | None:
     # info() answers "directory" when only longer names share the prefix: not this object.
     if info.get("type") != "file" or info.get("name") != key:
         return None
-    return _object_info(info)
+    return object_info(info)
 
 
-def _open_object(fs: GCSFileSystem, key: str) -> GCSFile:
+def open_object(fs: GCSFileSystem, key: str) -> GCSFile:
+    """Open object ``key`` for sequential reading, uncached; FileNotFoundError if not an object."""
     handle = fs.open(key, "rb", block_size=READ_SIZE, cache_type="none", concurrency=1)
     if handle.details.get("type") != "file":
         handle.close()
@@ -508,7 +512,8 @@ def _open_object(fs: GCSFileSystem, key: str) -> GCSFile:
     return handle
 
 
-def _object_info(info: dict[str, Any]) -> ObjectInfo:
+def object_info(info: dict[str, Any]) -> ObjectInfo:
+    """An object's size, md5 (hex), crc32c and generation, from gcsfs's listing or info entry."""
     md5, generation = info.get("md5Hash"), info.get("generation")
     return ObjectInfo(
         size=int(info["size"]),

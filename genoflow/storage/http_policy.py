@@ -18,7 +18,18 @@ import urllib3
 
 from genoflow.errors import redact
 
-__all__ = ["LIBRARY_ERRORS", "HttpPolicy", "describe", "is_transient", "redirect_refusal"]
+__all__ = [
+    "LIBRARY_ERRORS",
+    "RETRYABLE_STATUSES",
+    "HttpPolicy",
+    "describe",
+    "is_transient",
+    "redirect_refusal",
+]
+
+RETRYABLE_STATUSES = frozenset({408, 429, *range(500, 600)} - {501, 505})
+"""The HTTP statuses a repeated request may get past, for every HTTP(S) and GCS read: request
+timeout, too many requests, and the server errors except 501 and 505, which will not change."""
 
 LIBRARY_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError,
                   http.client.HTTPException)  # fmt: skip
@@ -88,8 +99,7 @@ def is_transient(exc_or_status: BaseException | int) -> bool:
         exc_or_status: an HTTP status code, or the exception a request raised.
     """
     if isinstance(exc_or_status, int):
-        status = exc_or_status
-        return status in (408, 429) or (500 <= status <= 599 and status not in (501, 505))
+        return exc_or_status in RETRYABLE_STATUSES
     if isinstance(exc_or_status, _PERMANENT_ERRORS):
         return False
     return isinstance(exc_or_status, _TRANSIENT_ERRORS)
