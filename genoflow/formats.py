@@ -64,7 +64,8 @@ _SUFFIXES: dict[str, str] = {
 _COMPRESSION_SUFFIXES = (".gz", ".bgz", ".bgzf")
 
 _HEAD = 1 << 16
-_BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+# The empty BGZF block that ends a complete file (the SAM/BAM specification's EOF marker).
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _BBI_MAGICS: tuple[tuple[Container, int], ...] = (("bigbed", 0x8789F2EB), ("bigwig", 0x888FFC26))
 # Bytes that do not occur in text: C0 controls except TAB, LF, VT, FF, CR and ESC, plus DEL.
 _CONTROL = bytes([*range(0, 9), *range(14, 27), *range(28, 32), 127])
@@ -166,8 +167,8 @@ def sniff(path: str | Path) -> Sniffed:
         if not _has_bgzf_header(head):
             return Sniffed("gzip", binary=_looks_binary(text), problem=problem)
         size = handle.seek(0, 2)
-        handle.seek(max(size - len(_BGZF_EOF), 0))
-        eof = handle.read() == _BGZF_EOF
+        handle.seek(max(size - len(BGZF_EOF), 0))
+        eof = handle.read() == BGZF_EOF
     is_bam = text.startswith(b"BAM\x01")
     return Sniffed(
         "bgzf", is_bam=is_bam, bgzf_eof=eof, binary=is_bam or _looks_binary(text), problem=problem

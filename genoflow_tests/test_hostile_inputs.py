@@ -214,8 +214,8 @@ def _truncated_bgzf(ctx: Context) -> list[Entry]:
 
 def _bgzf_without_eof(ctx: Context) -> list[Entry]:
     packed = bgzf(ctx.folder, vcf(vcf_records(50), tag="no-eof"))
-    assert packed.endswith(formats._BGZF_EOF)
-    return [ctx.put("no_eof_block.vcf.gz", packed[: -len(formats._BGZF_EOF)])]
+    assert packed.endswith(formats.BGZF_EOF)
+    return [ctx.put("no_eof_block.vcf.gz", packed[: -len(formats.BGZF_EOF)])]
 
 
 def _bigbed(name: str, damage: Callable[[bytes], bytes]) -> Make:

@@ -45,11 +45,11 @@ def open_local(uri: str) -> Iterator[BinaryIO]:
     Raises:
         SourceError: missing, unreadable, or not a regular file (a folder, FIFO, device…).
     """
-    with _open_file(uri, None) as handle:
+    with open_source_file(uri, None) as handle:
         yield handle
 
 
-def _open_file(uri: str, roots: Sequence[Path] | None) -> BinaryIO:
+def open_source_file(uri: str, roots: Sequence[Path] | None) -> BinaryIO:
     """Open a local source without blocking; judge the descriptor opened (roots, then kind)."""
     path = local_path(uri) or uri
     check = None if roots is None else _confinement(uri, roots)
@@ -107,7 +107,7 @@ def confined(roots: Sequence[Path]) -> Opener:
 
     @contextmanager
     def open_confined(uri: str) -> Iterator[BinaryIO]:
-        with _open_file(uri, roots) as handle:
+        with open_source_file(uri, roots) as handle:
             yield handle
 
     return open_confined

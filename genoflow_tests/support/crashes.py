@@ -63,14 +63,14 @@ class _DyingReader:
 def _arm_staging() -> None:
     from genoflow.storage import staging
 
-    # Every local opener (plain and confined to the allowed roots) opens through _open_file.
-    real = staging._open_file
+    # Every local opener (plain and confined to the allowed roots) opens through open_source_file.
+    real = staging.open_source_file
 
     def open_file(uri: str, roots: Any) -> _DyingReader:
         handle = real(uri, roots)
         return _DyingReader(handle, after=os.fstat(handle.fileno()).st_size // 2)
 
-    staging._open_file = open_file
+    staging.open_source_file = open_file
 
 
 def _arm(module: Any, name: str, *, when: Callable[..., bool] = lambda *a, **k: True) -> None:
