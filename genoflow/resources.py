@@ -51,8 +51,9 @@ class GenoflowResource(ConfigurableResource):
         return Cache(self.settings().cache_root)
 
     def node(self) -> contextlib.AbstractContextManager[Node]:
-        """This node's cache, replica locations and DataManager (closed on exit)."""
-        return open_node(self.settings())
+        """This node's cache, replica locations and DataManager (closed on exit), on this
+        resource's registry (left open for the next step, closed at teardown)."""
+        return open_node(self.settings(), registry=self.registry())
 
     def registry(self) -> Registry:
         """This resource's registry, opened on the first call in this process and reused after.

@@ -92,14 +92,28 @@ def test_the_resource_reuses_one_registry_and_creates_tables_once(
     assert open_files(tmp_path / "registry.db") == []
 
 
-def test_a_materialization_leaves_no_registry_open(
-    tmp_path: Path, instance: DagsterInstance
+def test_the_resources_nodes_share_its_registry_and_leave_it_open(
+    tmp_path: Path, create_all_calls: list[object]
+) -> None:
+    with GenoflowResource(home=str(tmp_path)) as genoflow:
+        with genoflow.node() as node:
+            assert node.dm.registry is genoflow.registry()
+        with genoflow.node() as node:
+            assert node.dm.registry.rows() == []
+        assert len(create_all_calls) == 1
+        assert open_files(tmp_path / "registry.db"), "open until the resource is closed"
+    assert open_files(tmp_path / "registry.db") == []
+
+
+def test_a_materialization_opens_few_registries_and_leaves_none_open(
+    tmp_path: Path, instance: DagsterInstance, create_all_calls: list[object]
 ) -> None:
     rows = [row for row in read_manifest(DATA / "manifests" / "demo.tsv").rows]
     rows = [row for row in rows if row.name == "coverage.bw"]
     database = tmp_path / "registry.db"
     with Registry(database) as registry:
         registry.register(rows)
+    create_all_calls.clear()
     family, md5 = rows[0].family, rows[0].md5
     instance.add_dynamic_partitions(PARTITIONS[family].name, [md5])
     genoflow = GenoflowResource(home=str(tmp_path), sort_memory="64M", threads=1)
@@ -113,4 +127,6 @@ def test_a_materialization_leaves_no_registry_open(
         instance=instance,
     )
     assert result.success
+    # One registry for the assets' resource, one for the IO manager's: not one per call.
+    assert len(create_all_calls) <= 2
     assert open_files(database) == []

@@ -25,6 +25,7 @@ from genoflow.storage.cache import Artifact, Cache, Draft
 from genoflow.storage.datamanager import DataManager, NoValidReplica, RepairOutcome
 from genoflow.storage.layout import ArtifactKey
 from genoflow.storage.locations import DataType, LocalLocation, Location
+from genoflow.storage.registry import Registry
 from genoflow.storage.replicas import Replica, ReplicaState
 
 
@@ -49,9 +50,17 @@ class Node:
     Args:
         settings: where the cache and registry are, this deployment's name, replica URIs.
         replicas: replica locations (default: from ``settings.replicas``).
+        registry: an open registry to use and leave open on :meth:`close` (default: the
+            registry of ``settings``, opened here and closed by :meth:`close`).
     """
 
-    def __init__(self, settings: Settings, *, replicas: list[Location] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        replicas: list[Location] | None = None,
+        registry: Registry | None = None,
+    ) -> None:
         self.settings = settings
         self.cache = Cache(settings.cache_root)
         self.local = LocalLocation(
@@ -62,7 +71,7 @@ class Node:
         install_readers()
         # Opened last: nothing after it can fail and leave its registry open.
         self.dm = DataManager(
-            settings.registry_target,
+            settings.registry_target if registry is None else registry,
             workdir=settings.home / "work",
             locations=[self.local, *self.replicas],
         )
@@ -210,8 +219,9 @@ class Node:
 
 
 @contextlib.contextmanager
-def open_node(settings: Settings) -> Iterator[Node]:
-    node = Node(settings)
+def open_node(settings: Settings, *, registry: Registry | None = None) -> Iterator[Node]:
+    """A :class:`Node` closed on exit; ``registry``, when given, is used and left open."""
+    node = Node(settings, registry=registry)
     try:
         yield node
     finally:

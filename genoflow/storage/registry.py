@@ -173,7 +173,10 @@ def _server_engine(url: str) -> Engine:
     timeout = {}
     if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
         timeout = {"connect_timeout": CONNECT_TIMEOUT}
-    return sa.create_engine(parsed, connect_args=timeout)
+    # A registry stays open for a whole Dagster run (genoflow/resources.py): a connection the
+    # server dropped meanwhile (a restart, an idle timeout) is replaced on checkout, as a fresh
+    # engine per step would have done.
+    return sa.create_engine(parsed, connect_args=timeout, pool_pre_ping=True)
 
 
 class Registry:
