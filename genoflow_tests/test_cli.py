@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -229,3 +230,21 @@ def test_dev_passes_every_option_to_dagster_dev_on_genoflows_instance(
     assert command[1:] == ["dev", "-m", "genoflow.definitions", "-p", "3001", "-h", "127.0.0.1"]
     assert env["DAGSTER_HOME"] == str(tmp_path / "dagster")
     assert (tmp_path / "dagster" / "dagster.yaml").is_file()
+
+
+def test_run_closes_the_registry_it_opened(tmp_path, capsys) -> None:
+    from genoflow.cli import cmd_run
+    from genoflow.config import Settings
+
+    home = tmp_path / "home"
+    manifest = tmp_path / "empty.tsv"
+    manifest.write_text(DEMO.read_text().splitlines()[0] + "\n")  # the header, no rows
+    settings = Settings.from_env({"GENOFLOW_HOME": str(home)})
+    assert cmd_run([manifest], settings, jobs=1, as_json=True) == 1  # "lists no rows"
+    assert (home / "registry.db").exists()
+    prefix = str((home / "registry.db").resolve())
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held += [os.readlink(f"/proc/self/fd/{fd}")]
+    assert [path for path in held if path.startswith(prefix)] == []
