@@ -7,9 +7,11 @@ engine's pool and SQLAlchemy's own DDL events, never through mocks.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -105,19 +107,18 @@ def test_the_resources_nodes_share_its_registry_and_leave_it_open(
     assert open_files(tmp_path / "registry.db") == []
 
 
-def test_a_materialization_opens_few_registries_and_leaves_none_open(
-    tmp_path: Path, instance: DagsterInstance, create_all_calls: list[object]
-) -> None:
+def _materialize(home: Path, instance: DagsterInstance, md5: str | None = None) -> Any:
+    """Register coverage.bw (under ``md5`` when given) and materialize its chain and checks."""
     rows = [row for row in read_manifest(DATA / "manifests" / "demo.tsv").rows]
-    rows = [row for row in rows if row.name == "coverage.bw"]
-    database = tmp_path / "registry.db"
-    with Registry(database) as registry:
+    rows = [
+        dataclasses.replace(row, md5=md5 or row.md5) for row in rows if row.name == "coverage.bw"
+    ]
+    with Registry(home / "registry.db") as registry:
         registry.register(rows)
-    create_all_calls.clear()
     family, md5 = rows[0].family, rows[0].md5
     instance.add_dynamic_partitions(PARTITIONS[family].name, [md5])
-    genoflow = GenoflowResource(home=str(tmp_path), sort_memory="64M", threads=1)
-    result = materialize(
+    genoflow = GenoflowResource(home=str(home), sort_memory="64M", threads=1)
+    return materialize(
         [*family_assets(family), *family_checks(family)],
         partition_key=md5,
         resources={
@@ -125,8 +126,24 @@ def test_a_materialization_opens_few_registries_and_leaves_none_open(
             "artifact_io_manager": ArtifactIOManager(genoflow=genoflow),
         },
         instance=instance,
+        raise_on_error=False,
     )
+
+
+def test_a_materialization_opens_few_registries_and_leaves_none_open(
+    tmp_path: Path, instance: DagsterInstance, create_all_calls: list[object]
+) -> None:
+    result = _materialize(tmp_path, instance)
     assert result.success
-    # One registry for the assets' resource, one for the IO manager's: not one per call.
-    assert len(create_all_calls) <= 2
-    assert open_files(database) == []
+    # The registration above, one registry for the assets' resource and one for the IO
+    # manager's: not one per call (six here when every call opened its own).
+    assert len(create_all_calls) <= 3
+    assert open_files(tmp_path / "registry.db") == []
+
+
+def test_a_failed_materialization_leaves_no_registry_open(
+    tmp_path: Path, instance: DagsterInstance
+) -> None:
+    result = _materialize(tmp_path, instance, md5="0" * 32)  # the staged bytes hash otherwise
+    assert not result.success
+    assert open_files(tmp_path / "registry.db") == []
