@@ -11,6 +11,7 @@ import time
 
 from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, DataVersion, Output, asset
 
+from genoflow import tags
 from genoflow.assets.lineage import family_formats, output_tags, source_metadata
 from genoflow.automation import chain_condition
 from genoflow.errors import SourceError
@@ -71,7 +72,7 @@ def _spec(family: str, asset_name: str) -> dict:
         "code_version": version_of(family, asset_name),
         "description": description if isinstance(description, str) else description[family],
         # Formats are kinds (tags the UI filters by, as `kind:vcf`); one asset holds several.
-        "tags": {"genoflow/family": family, "genoflow/asset": asset_name},
+        "tags": {tags.FAMILY: family, tags.ASSET: asset_name},
         "kinds": set(family_formats(family)),
         "automation_condition": chain_condition() if asset_name != "source" else None,
     }

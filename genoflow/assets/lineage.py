@@ -12,6 +12,7 @@ from typing import Any
 
 from dagster import MetadataValue
 
+from genoflow import tags
 from genoflow.errors import redact
 from genoflow.formats import FAMILY
 from genoflow.storage.registry import SourceRow
@@ -26,7 +27,7 @@ def family_formats(family: str) -> list[str]:
 
 def output_tags(details: dict[str, Any], family: str) -> dict[str, str]:
     """Materialization tags, so one partition's events can be filtered by format and family."""
-    return {"genoflow/family": family, "genoflow/format": str(details.get("format", ""))}
+    return {tags.FAMILY: family, tags.FORMAT: str(details.get("format", ""))}
 
 
 def source_metadata(rows: Sequence[SourceRow]) -> dict[str, Any]:

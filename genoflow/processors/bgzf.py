@@ -21,10 +21,11 @@ from typing import IO, Protocol
 import pysam
 
 from genoflow.errors import ProcessingError
+from genoflow.formats import BGZF_EOF
 from genoflow.processors.commands import Child, pump, write_all
 from genoflow.processors.engine import Tools
 from genoflow.processors.limits import ExpansionGuard, bgzf_expanded_size
-from genoflow.processors.records import BGZF_EOF, is_bgzf
+from genoflow.processors.records import is_bgzf
 
 __all__ = [
     "Sink",

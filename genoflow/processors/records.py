@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from genoflow.errors import FormatError, ProcessingError
+from genoflow.formats import BGZF_EOF
 
 Preset = Literal["vcf", "bed", "gff"]
 
-BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 MAX_POSITION = (1 << 63) - 1
 MAX_LINE = 1 << 28
 _CHUNK = 1 << 20

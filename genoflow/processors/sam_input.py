@@ -17,11 +17,11 @@ import zlib
 from pathlib import Path
 
 from genoflow.errors import ProcessingError
+from genoflow.formats import BGZF_EOF
 from genoflow.processors.limits import ExpansionGuard
 
 __all__ = ["require_bgzf_eof", "scan_sam", "sniff", "sq_lengths"]
 
-_BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 _REGENERATE = "fix or regenerate the file"
 _INCOMPLETE = "the copy is incomplete; fetch or regenerate the file"
 _GUARD_EVERY = 1 << 14  # records between two looks at the decompressed byte count
@@ -63,11 +63,11 @@ def require_bgzf_eof(path: Path, *, name: str, stage: str) -> None:
     """
     try:
         with open(path, "rb") as handle:
-            handle.seek(max(path.stat().st_size - len(_BGZF_EOF), 0))
+            handle.seek(max(path.stat().st_size - len(BGZF_EOF), 0))
             tail = handle.read()
     except OSError as error:
         raise ProcessingError(f"cannot read it: {error}", file=name, stage=stage) from error
-    if tail != _BGZF_EOF:
+    if tail != BGZF_EOF:
         cut = "truncated BAM/BGZF file: the 28-byte end-of-file block is missing"
         raise ProcessingError(cut, file=name, stage=stage, hint=_INCOMPLETE)
 
