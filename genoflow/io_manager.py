@@ -54,7 +54,8 @@ class ArtifactIOManager(ConfigurableIOManager):
 
 def artifact_metadata(artifact: Artifact) -> dict[str, Any]:
     """What a person inspecting lineage wants to see about one published artifact."""
-    details = artifact.marker.get("details", {})
+    marker = artifact.marker
+    details = marker.details
     files = [
         {"name": e.name, "size": e.size, "md5": e.md5, "path": str(artifact.path / e.name)}
         for e in artifact.entries
@@ -65,12 +66,12 @@ def artifact_metadata(artifact: Artifact) -> dict[str, Any]:
         "files": MetadataValue.json(files),
         "size_bytes": artifact.size,
         "checksum": artifact.checksum,
-        "format": details.get("format", ""),
-        "names": ", ".join(details.get("names", [])),
-        "processor": artifact.marker.get("processor", ""),
+        "format": marker.format,
+        "names": ", ".join(marker.names),
+        "processor": marker.processor,
         "processor_version": artifact.key.version,
-        "tools": MetadataValue.json(artifact.marker.get("tools", {})),
-        "created_at": artifact.marker.get("created_at", ""),
+        "tools": MetadataValue.json(dict(marker.tools)),
+        "created_at": marker.created_at,
     }
     for field in ("records_in", "records_out", "index", "preset", "container"):
         if field in details:

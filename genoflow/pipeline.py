@@ -299,17 +299,16 @@ def build_index(cache: Store, sorted_: Artifact, settings: Settings) -> Artifact
 
 
 def _facts(artifact: Artifact) -> tuple[str, str, str]:
-    details = artifact.marker["details"]
-    return artifact.key.family, details["format"], details["names"][0]
+    return artifact.key.family, artifact.marker.details["format"], artifact.marker.names[0]
 
 
 def _details(result: Result, upstream: Artifact) -> dict[str, Any]:
-    inherited = upstream.marker["details"]
+    inherited = upstream.marker
     return {
         "files": [Path(path).name for path in result.files],
-        "format": inherited["format"],
-        "family": inherited["family"],
-        "names": inherited["names"],
+        "format": inherited.details["format"],
+        "family": inherited.details["family"],
+        "names": inherited.details["names"],
         "records_in": result.records_in,
         "records_out": result.records_out,
         **result.metadata,

@@ -44,7 +44,7 @@ def verdict(
     """
     metadata = {**metadata, "problem": problem}
     if problem:
-        name = artifact.marker.get("details", {}).get("names", [artifact.key.md5])[0]
+        name = (artifact.marker.names or [artifact.key.md5])[0]
         error = ProcessingError(
             f"{artifact.key.asset} check {check} failed: {problem}",
             file=name,
@@ -100,7 +100,7 @@ def _sorted_check(family: str) -> AssetChecksDefinition:
             result = check_order(sorted)
         except GenoflowError as exc:
             return verdict(sorted, SORTED_CHECK, exc.message, {})
-        expected = sorted.marker["details"]["records_in"]
+        expected = sorted.marker.records_in
         problem = ""
         if not result.ordered:
             problem = result.problem or "not in sorted order"
@@ -125,7 +125,7 @@ def _index_check(family: str) -> AssetChecksDefinition:
             counts = query_regions(index)
         except GenoflowError as exc:
             return verdict(index, INDEX_CHECK, exc.message, {})
-        expected = index.marker["details"]["records_out"]
+        expected = index.marker.records_out
         found = sum(counts.values())
         problem = "" if found == expected else f"region queries found {found} of {expected} records"
         measured = {

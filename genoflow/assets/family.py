@@ -48,7 +48,7 @@ def _output(
         cache, key, details = "miss", result.draft.key, result.details
     else:
         cache = "transferred" if result.key in node.transferred else "hit"
-        key, details = result.key, result.marker.get("details", {})
+        key, details = result.key, result.marker.details
     return Output(
         result,
         data_version=DataVersion(result.checksum),

@@ -7,7 +7,7 @@ sizes, checksums, record counts, processor and tool versions), so the two never 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dagster import MetadataValue
@@ -25,7 +25,7 @@ def family_formats(family: str) -> list[str]:
     return [fmt for fmt, owner in FAMILY.items() if owner == family]
 
 
-def output_tags(details: dict[str, Any], family: str) -> dict[str, str]:
+def output_tags(details: Mapping[str, Any], family: str) -> dict[str, str]:
     """Materialization tags, so one partition's events can be filtered by format and family."""
     return {tags.FAMILY: family, tags.FORMAT: str(details.get("format", ""))}
 

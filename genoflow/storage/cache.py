@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import os
 import socket
@@ -32,18 +31,7 @@ from genoflow.checksums import md5_file
 from genoflow.errors import StorageError
 from genoflow.storage import atomic
 from genoflow.storage.layout import ArtifactKey
-
-MARKER = "genoflow.json"
-FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """One file of an artifact, as recorded in its marker."""
-
-    name: str
-    size: int
-    md5: str
+from genoflow.storage.marker import FORMAT_VERSION, MARKER, FileEntry, Marker, content_checksum
 
 
 @dataclass(frozen=True)
@@ -52,11 +40,11 @@ class Artifact:
 
     key: ArtifactKey
     path: Path
-    marker: dict[str, Any]
+    marker: Marker
 
     @property
     def entries(self) -> list[FileEntry]:
-        return [FileEntry(**entry) for entry in self.marker["files"]]
+        return self.marker.entries
 
     @property
     def files(self) -> list[Path]:
@@ -90,14 +78,6 @@ class Artifact:
         return problems
 
 
-def content_checksum(entries: list[FileEntry]) -> str:
-    """The md5 of a single file, or an md5 over ``name md5`` lines for several."""
-    if len(entries) == 1:
-        return entries[0].md5
-    lines = "".join(f"{e.name} {e.md5}\n" for e in sorted(entries, key=lambda e: e.name))
-    return hashlib.md5(lines.encode()).hexdigest()
-
-
 @dataclass
 class Draft:
     """A private folder where one artifact is being built; publish or discard it."""
@@ -125,12 +105,12 @@ class Cache:
         folder = os.path.join(self._root, key.relstr)  # self.folder(key), as a string
         try:
             with open(os.path.join(folder, MARKER), "rb") as handle:
-                marker = json.loads(handle.read())
+                marker = Marker.from_json(json.loads(handle.read()))
             artifact = Artifact(key, Path(folder), marker)
             entries = artifact.entries
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, StorageError):
             # A damaged marker makes the folder untrustworthy: not an artifact; begin() moves
             # it aside and rebuilds.
             return None
@@ -207,21 +187,21 @@ class Cache:
             details = dict(details or {})
             order = details.pop("files", None) or sorted(p.name for p in draft.dir.iterdir())
             entries = entries or [_entry(draft.dir / name) for name in order]
-            marker = {
-                "format_version": FORMAT_VERSION,
-                "asset": draft.key.asset_path,
-                "source_md5": draft.key.md5,
-                "version": draft.key.version,
-                "processor": processor,
-                "files": [entry.__dict__ for entry in entries],
-                "checksum": content_checksum(entries),
-                "inputs": inputs or [],
-                "tools": tools or {},
-                "details": details,
-                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "created_by": {"host": socket.gethostname(), "pid": os.getpid()},
-            }
-            _write_marker(draft.dir / MARKER, marker)
+            marker = Marker(
+                format_version=FORMAT_VERSION,
+                asset=draft.key.asset_path,
+                source_md5=draft.key.md5,
+                version=draft.key.version,
+                processor=processor,
+                files=tuple(entries),
+                checksum=content_checksum(entries),
+                inputs=tuple(inputs or []),
+                tools=tools or {},
+                details=details,
+                created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                created_by={"host": socket.gethostname(), "pid": os.getpid()},
+            )
+            _write_marker(draft.dir / MARKER, marker.to_json())
             atomic.fsync_tree(draft.dir)
             atomic.publish_dir(draft.dir, draft.dest)
         except BaseException as exc:

@@ -134,10 +134,9 @@ class DataManager:
             generation = info.generation
         with self._begin() as connection:
             expected, _ = replicas.artifact_facts(connection, relpath)
-            if marker is not None and expected not in (None, marker["checksum"]):
+            if marker is not None and expected not in (None, marker.checksum):
                 raise StorageError(
-                    f"holds content {marker['checksum']}, the registry has {expected} for "
-                    f"{relpath}",
+                    f"holds content {marker.checksum}, the registry has {expected} for {relpath}",
                     file=location.uri(path),
                     stage="register",
                     hint="remove that copy, or rebuild it under a new processor version",
@@ -329,8 +328,8 @@ class DataManager:
         with self._begin() as connection:
             expected, _ = replicas.artifact_facts(connection, replica.relpath)
             problems = list(found.problems)
-            if found.marker is not None and expected not in (None, found.marker["checksum"]):
-                checksum = found.marker["checksum"]
+            if found.marker is not None and expected not in (None, found.marker.checksum):
+                checksum = found.marker.checksum
                 problems.append(f"holds content {checksum}, the registry expects {expected}")
             if not problems and full:
                 replicas.mark_verified(connection, replica.id, found.generation)
@@ -419,7 +418,7 @@ class DataManager:
         if location is not None:
             with self._begin() as connection:
                 _, marker = replicas.artifact_facts(connection, replica.relpath)
-            names = [entry["name"] for entry in marker["files"]] if marker else []
+            names = [entry.name for entry in marker.files] if marker else []
             transfer.remove_partial(location, replica.path, names=names)
         with self._begin() as connection:
             replicas.drop_pending(connection, replica.location, replica.path, replicas.owner_id())
@@ -525,9 +524,9 @@ class DataManager:
         self, src: Replica, staged: Staged, dst: Location, dst_path: str, found: Inspection
     ) -> Replica:
         assert found.marker is not None  # a sound artifact has its marker
-        if found.marker["checksum"] != staged.checksum:
+        if found.marker.checksum != staged.checksum:
             raise StorageError(
-                f"already holds another build (content {found.marker['checksum']}, the source's "
+                f"already holds another build (content {found.marker.checksum}, the source's "
                 f"is {staged.checksum})",
                 file=dst.uri(dst_path),
                 stage="transfer",

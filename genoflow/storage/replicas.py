@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from genoflow.errors import StorageError
 from genoflow.storage.atomic import process_alive
 from genoflow.storage.locations import DataType, Location
+from genoflow.storage.marker import Marker
 from genoflow.storage.registry import artifacts, dialect_insert, locations, replicas
 
 # What reading from a kind of location costs, cheapest first (others come after these).
@@ -127,7 +128,7 @@ def ensure_location(connection: Connection, location: Location) -> int:
     return row.id
 
 
-def ensure_artifact(connection: Connection, relpath: str, marker: dict[str, Any] | None) -> int:
+def ensure_artifact(connection: Connection, relpath: str, marker: Marker | None) -> int:
     """Register the artifact whose cache key is ``relpath`` and return its id.
 
     Its processor, size, checksum and marker are filled in from ``marker`` the first time one
@@ -146,22 +147,24 @@ def ensure_artifact(connection: Connection, relpath: str, marker: dict[str, Any]
             artifacts.update()
             .where(artifacts.c.id == row.id)
             .values(
-                processor=marker.get("processor"),
-                size=sum(int(entry["size"]) for entry in marker["files"]),
-                checksum=marker["checksum"],
-                marker=json.dumps(marker, sort_keys=True),
+                processor=marker.processor,
+                size=marker.size,
+                checksum=marker.checksum,
+                marker=json.dumps(marker.to_json(), sort_keys=True),
             )
         )
     return row.id
 
 
-def artifact_facts(connection: Connection, relpath: str) -> tuple[str | None, dict | None]:
+def artifact_facts(connection: Connection, relpath: str) -> tuple[str | None, Marker | None]:
     """The registered checksum and marker of ``relpath`` (None when not yet known)."""
     query = sa.select(artifacts.c.checksum, artifacts.c.marker).where(artifacts.c.key == relpath)
     row = connection.execute(query).one_or_none()
     if row is None:
         return None, None
-    return row.checksum, json.loads(row.marker) if row.marker else None
+    if not row.marker:
+        return row.checksum, None
+    return row.checksum, Marker.from_json(json.loads(row.marker), source=relpath)
 
 
 def upsert(

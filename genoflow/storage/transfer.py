@@ -17,13 +17,12 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from genoflow.checksums import md5_file
 from genoflow.errors import ChecksumError, StorageError
 from genoflow.storage import atomic
-from genoflow.storage.cache import MARKER, FileEntry, content_checksum
 from genoflow.storage.locations import AlreadyExists, LocalLocation, Location, ObjectInfo
+from genoflow.storage.marker import MARKER, FileEntry, Marker, content_checksum
 
 # Filesystems that cannot hard-link (or not this many times) make a link transfer a copy.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
@@ -44,18 +43,18 @@ class Staged:
     the same filesystem may hard-link them.
     """
 
-    marker: dict[str, Any]
+    marker: Marker
     marker_file: Path
     files: dict[str, Path]
     in_place: bool
 
     @property
     def entries(self) -> list[FileEntry]:
-        return entries_of(self.marker)
+        return self.marker.entries
 
     @property
     def checksum(self) -> str:
-        return self.marker["checksum"]
+        return self.marker.checksum
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class Inspection:
     """What :func:`inspect` found: the marker and its object's generation (None when there is
     no readable marker), and the problems."""
 
-    marker: dict[str, Any] | None
+    marker: Marker | None
     generation: str | None
     problems: list[str]
 
@@ -72,13 +71,7 @@ def marker_path(path: str) -> str:
     return f"{path}/{MARKER}"
 
 
-def entries_of(marker: dict[str, Any]) -> list[FileEntry]:
-    return [FileEntry(**entry) for entry in marker["files"]]
-
-
-def read_marker(
-    location: Location, path: str, scratch: Path
-) -> tuple[dict[str, Any], Path, ObjectInfo]:
+def read_marker(location: Location, path: str, scratch: Path) -> tuple[Marker, Path, ObjectInfo]:
     """Read and check the marker of the artifact at ``path``.
 
     Returns:
@@ -98,13 +91,15 @@ def read_marker(
         local = scratch / f"{secrets.token_hex(4)}.{MARKER}"
         location.get(marker_path(path), local)
     try:
-        marker = json.loads(local.read_bytes())
-        entries = entries_of(marker)
-        consistent = content_checksum(entries) == marker["checksum"]
+        marker = Marker.from_json(json.loads(local.read_bytes()))
+        entries = marker.entries
+        consistent = content_checksum(entries) == marker.checksum
     except FileNotFoundError as exc:
         raise BadReplica(f"{MARKER} vanished while being read", file=where) from exc
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         raise BadReplica(f"{MARKER} is damaged ({exc})", file=where) from exc
+    except StorageError as exc:
+        raise BadReplica(f"{MARKER} is damaged ({exc.message})", file=where) from exc
     if not consistent or not entries:
         raise BadReplica(f"{MARKER} lists no files or a checksum that is not theirs", file=where)
     if any("/" in e.name or e.name in ("", ".", "..", MARKER) for e in entries):
@@ -127,13 +122,13 @@ def stage(location: Location, path: str, scratch: Path, *, expected: str | None)
         BadReplica: the marker or a file is missing, or differs from what it should be.
     """
     marker, marker_file, _ = read_marker(location, path, scratch)
-    if expected is not None and marker["checksum"] != expected:
+    if expected is not None and marker.checksum != expected:
         raise BadReplica(
-            f"holds content {marker['checksum']}, the registry expects {expected}",
+            f"holds content {marker.checksum}, the registry expects {expected}",
             file=location.uri(path),
         )
     files = {}
-    for entry in entries_of(marker):
+    for entry in marker.files:
         files[entry.name] = _stage_file(location, f"{path}/{entry.name}", entry, scratch)
     in_place = isinstance(location, LocalLocation)
     return Staged(marker, marker_file, files, in_place)
@@ -167,7 +162,7 @@ def inspect(location: Location, path: str, scratch: Path, *, full: bool) -> Insp
     except BadReplica as exc:
         return Inspection(None, None, [exc.message])
     problems = []
-    for entry in entries_of(marker):
+    for entry in marker.files:
         problem = _object_problem(location, f"{path}/{entry.name}", entry, scratch, full=full)
         if problem:
             problems.append(f"{entry.name} {problem}")
@@ -349,7 +344,7 @@ def remove(location: Location, path: str, scratch: Path, *, names: list[str]) ->
     except BadReplica:
         listed: list[str] = []  # no readable marker: the names given are all we know
     else:
-        listed = [entry.name for entry in entries_of(marker)]
+        listed = [entry.name for entry in marker.files]
     everything = sorted({*names, *listed})
     _delete_all(location, [marker_path(path), *(f"{path}/{name}" for name in everything)])
 
