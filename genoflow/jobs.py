@@ -7,8 +7,8 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
+from genoflow.defs.tags import FAMILY
 from genoflow.pipeline import job_name
-from genoflow.tags import FAMILY
 
 __all__ = ["family_job", "job_name"]
 

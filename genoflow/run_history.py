@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from genoflow.config import dagster_yaml
+from genoflow.defs.tags import CHAIN_TAG
 from genoflow.outcome import Outcome
 from genoflow.pipeline import CHAINS, CHECKS, chain_version, job_name, key_for
-from genoflow.tags import CHAIN_TAG
 
 # Run statuses after which nothing more happens; an in-progress run is neither proof nor veto.
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")

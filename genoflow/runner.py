@@ -23,6 +23,7 @@ from dagster._core.errors import DagsterError
 from dagster._utils.error import SerializableErrorInfo
 
 from genoflow.config import Settings
+from genoflow.defs.tags import CHAIN_TAG, LAUNCHED_BY, OWNER
 from genoflow.errors import GenoflowError
 from genoflow.outcome import Outcome
 from genoflow.partitions import PARTITIONS
@@ -34,7 +35,6 @@ from genoflow.run_history import (
     chains_up_to_date,
 )
 from genoflow.storage.replicas import local_owner_gone, owner_id
-from genoflow.tags import CHAIN_TAG, LAUNCHED_BY, OWNER
 
 # Failures reach the user through the summary; the run keeps every event in the instance.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}

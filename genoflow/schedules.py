@@ -22,8 +22,8 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
-from genoflow import tags
 from genoflow.backfill import Pending, plan
+from genoflow.defs import tags
 from genoflow.pipeline import chain_version
 
 # One answer of 10,000 run requests is ~7 MB and ~1 s; 100,000 would be ~66 MB, near the

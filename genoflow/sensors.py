@@ -37,8 +37,8 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
 
-from genoflow import tags
 from genoflow.config import Settings
+from genoflow.defs import tags
 from genoflow.errors import ManifestError
 from genoflow.jobs import job_name
 from genoflow.manifest import ManifestRow, RowError

@@ -16,10 +16,10 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.tags import PARTITION_NAME_TAG
 
 from genoflow.config import Settings
+from genoflow.defs.tags import CHAIN_TAG
 from genoflow.pipeline import chain_version, job_name
 from genoflow.run_history import chains_up_to_date, successful_chain_runs
 from genoflow.runner import up_to_date
-from genoflow.tags import CHAIN_TAG
 
 from .conftest import run_cli
 

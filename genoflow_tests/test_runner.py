@@ -7,9 +7,9 @@ import sys
 
 from dagster import DagsterInstance, DagsterRunStatus
 
+from genoflow.defs.tags import LAUNCHED_BY, OWNER
 from genoflow.runner import fail_abandoned_runs
 from genoflow.storage.replicas import owner_id
-from genoflow.tags import LAUNCHED_BY, OWNER
 
 
 def _dead_pid() -> int:

@@ -11,9 +11,9 @@ import time
 
 from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, DataVersion, Output, asset
 
-from genoflow import tags
 from genoflow.assets.lineage import family_formats, output_tags, source_metadata
 from genoflow.automation import chain_condition
+from genoflow.defs import tags
 from genoflow.errors import SourceError
 from genoflow.partitions import PARTITIONS
 from genoflow.pipeline import (

@@ -12,7 +12,7 @@ from typing import Any
 
 from dagster import MetadataValue
 
-from genoflow import tags
+from genoflow.defs import tags
 from genoflow.errors import redact
 from genoflow.formats import FAMILY
 from genoflow.storage.registry import SourceRow
