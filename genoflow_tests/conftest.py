@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from genoflow_tests.support.unavailable import unavailable
+
 if TYPE_CHECKING:
     from dagster import DagsterInstance
 
@@ -31,9 +33,7 @@ def require_tool(name: str) -> str:
         f"{name} is not on PATH: install Debian's samtools, tabix and bcftools "
         "(apt-get install samtools tabix bcftools) to run the oracle tests"
     )
-    if os.environ.get("GENOFLOW_REQUIRE_TOOLS") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(message)
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from genoflow.pipeline import key_for
 from genoflow.storage.datamanager import DataManager
 from genoflow.storage.registry import Registry
 from genoflow_tests.support.gcs_emulator import binary as gcs_binary
+from genoflow_tests.support.unavailable import unavailable
 from scripts.cluster import drop_manifest
 from scripts.cluster_report import (
     Outcome,
@@ -62,9 +63,7 @@ def _require_services() -> None:
     gcs_binary()  # skips, or fails under GENOFLOW_REQUIRE_TOOLS=1, saying why
     if missing:
         message = f"{', '.join(missing)} not installed: apt-get install redis-server postgresql"
-        if os.environ.get("GENOFLOW_REQUIRE_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
 
 
 @pytest.fixture(scope="module")

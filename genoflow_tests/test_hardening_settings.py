@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from genoflow_tests.support.unavailable import unavailable
+
 COMMANDS = (
     ["run", "m.tsv"],
     ["status"],
@@ -93,7 +95,7 @@ def _without_dac_override() -> tuple[str, ...]:
         return ()
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.skip("running as root without setpriv: a 0o555 folder cannot be made unwritable")
+        unavailable("running as root without setpriv: a 0o555 folder cannot be made unwritable")
     return (setpriv, "--bounding-set=-dac_override,-dac_read_search", "--")
 
 
@@ -127,7 +129,7 @@ def read_only(tmp_path: Path) -> Iterator[Path]:
         text=True,
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.strip()}")
+        unavailable(f"cannot mount a read-only tmpfs here: {mounted.stderr.strip()}")
     try:
         yield target
     finally:

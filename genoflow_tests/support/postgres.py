@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from genoflow_tests.support.unavailable import unavailable
 from scripts import cluster_services
 
 
@@ -32,9 +33,7 @@ def postgres_binary(name: str) -> str:
     except cluster_services.ServiceError:
         pass
     message = f"{name} is not installed: apt-get install postgresql to run the PostgreSQL tests"
-    if os.environ.get("GENOFLOW_REQUIRE_TOOLS") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(message)
 
 
 run_as_postgres = cluster_services.as_postgres_user
