@@ -30,10 +30,10 @@ from dagster import (
 )
 from dagster._serdes import serialize_value
 
-from genoflow.backfill import plan
 from genoflow.definitions import defs
-from genoflow.partitions import PARTITIONS
-from genoflow.schedules import requests
+from genoflow.defs.backfill import plan
+from genoflow.defs.partitions import PARTITIONS
+from genoflow.defs.schedules import requests
 from genoflow.storage.registry import Registry
 
 

@@ -143,7 +143,7 @@ def _engine_of(work: Path) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from genoflow.processors.base import parse_memory
+    from genoflow.core.settings import parse_memory
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default="bam,vcf,bed", help="comma-separated subset")

@@ -29,8 +29,8 @@ from dagster import DagsterInstance, build_sensor_context
 from dagster._serdes import serialize_value
 
 from genoflow.definitions import defs
-from genoflow.resources import GenoflowResource
-from genoflow.sensors import SENSOR_NAME
+from genoflow.defs.resources import GenoflowResource
+from genoflow.defs.sensors import SENSOR_NAME
 
 
 def write_manifest(folder: Path, rows: int, *, start: int = 0) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pysam
 import pytest
 
-from genoflow.errors import ProcessingError
+from genoflow.core.errors import ProcessingError
 from genoflow.processors.alignments import (
     CSI_THRESHOLD,
     check_sorted,

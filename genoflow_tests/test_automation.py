@@ -17,9 +17,9 @@ from dagster._core.storage.dagster_run import DagsterRunStatus
 from dagster._core.storage.tags import PARTITION_NAME_TAG
 from dagster._core.test_utils import create_run_for_test
 
-from genoflow.automation import AUTOMATION_SENSOR_NAME, AutomationSettings
+from genoflow.build.steps import version_of
 from genoflow.definitions import defs
-from genoflow.pipeline import version_of
+from genoflow.defs.automation import AUTOMATION_SENSOR_NAME, AutomationSettings
 
 MD5 = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from genoflow.errors import StorageError
+from genoflow.core.errors import StorageError
 from genoflow.storage.cache import MARKER, Artifact, Cache, Draft
 from genoflow.storage.layout import ArtifactKey
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from genoflow.manifest import read_manifest
+from genoflow.manifests.reading import read_manifest
 from genoflow_tests.support.checksums import md5_file
 
 from .conftest import DATA, require_tool, run_cli
@@ -217,7 +217,7 @@ def test_local_sources_outside_the_manifest_folder_are_refused(tmp_path) -> None
 def test_dev_passes_every_option_to_dagster_dev_on_genoflows_instance(
     tmp_path, monkeypatch
 ) -> None:
-    from genoflow import cli
+    from genoflow.cli import commands as cli
 
     calls = []
     monkeypatch.setenv("GENOFLOW_HOME", str(tmp_path))
@@ -233,8 +233,8 @@ def test_dev_passes_every_option_to_dagster_dev_on_genoflows_instance(
 
 
 def test_run_closes_the_registry_it_opened(tmp_path, capsys) -> None:
-    from genoflow.cli import cmd_run
-    from genoflow.config import Settings
+    from genoflow.cli.commands import cmd_run
+    from genoflow.core.settings import Settings
 
     home = tmp_path / "home"
     manifest = tmp_path / "empty.tsv"

@@ -30,9 +30,9 @@ from dagster import (
 )
 from dagster._core.storage.dagster_run import RunsFilter
 
-from genoflow.checksums import md5_file
-from genoflow.executors import executor_from_env
-from genoflow.pipeline import key_for
+from genoflow.build.steps import key_for
+from genoflow.core.checksums import md5_file
+from genoflow.defs.executors import executor_from_env
 from genoflow.storage.datamanager import DataManager
 from genoflow.storage.registry import Registry
 from genoflow_tests.support.gcs_emulator import binary as gcs_binary

@@ -21,8 +21,9 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 
-from genoflow.config import Settings, dagster_yaml
-from genoflow.dagster_storage import (
+from genoflow.core.settings import Settings
+from genoflow.instance.home import dagster_yaml, ensure_dagster_home
+from genoflow.instance.storage import (
     MAX_SHARD_ENGINES,
     EventLogStorage,
     RunStorage,
@@ -42,7 +43,7 @@ JOB = Definitions(assets=[tiny], jobs=[define_asset_job("tiny_job")]).resolve_jo
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     settings = Settings.from_env({"GENOFLOW_HOME": str(tmp_path / "home")})
-    dagster_home = settings.ensure_dagster_home()
+    dagster_home = ensure_dagster_home(settings)
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     return dagster_home
 
@@ -149,7 +150,7 @@ def test_an_earlier_genoflow_dagster_yaml_is_brought_up_to_date(tmp_path: Path) 
         "# Written by genoflow for the embedded single-machine instance (SQLite storage).\n"
         "telemetry:\n  enabled: false\n"
     )
-    settings.ensure_dagster_home()
+    ensure_dagster_home(settings)
     assert config.read_text() == dagster_yaml(settings.dagster_home)
     assert not list(settings.dagster_home.glob(".dagster.yaml.*"))
 
@@ -159,7 +160,7 @@ def test_a_users_own_dagster_yaml_is_left_alone(tmp_path: Path) -> None:
     settings.dagster_home.mkdir(parents=True)
     config = settings.dagster_home / "dagster.yaml"
     config.write_text("telemetry:\n  enabled: false\n")
-    settings.ensure_dagster_home()
+    ensure_dagster_home(settings)
     assert config.read_text() == "telemetry:\n  enabled: false\n"
 
 
@@ -187,7 +188,7 @@ def test_processes_opening_a_new_instance_at_the_same_moment_all_succeed(tmp_pat
     # "UNIQUE constraint failed: alembic_version", two alembic heads).
     rounds, processes = 3, 4
     homes = [
-        Settings.from_env({"GENOFLOW_HOME": str(tmp_path / f"round{n}")}).ensure_dagster_home()
+        ensure_dagster_home(Settings.from_env({"GENOFLOW_HOME": str(tmp_path / f"round{n}")}))
         for n in range(rounds)
     ]
     arguments = [([str(h) for h in homes],)] * processes

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from genoflow.errors import StorageError
+from genoflow.core.errors import StorageError
 from genoflow.storage import replicas
 from genoflow.storage.cache import MARKER, Cache
 from genoflow.storage.datamanager import DataManager

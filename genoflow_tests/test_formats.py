@@ -10,8 +10,8 @@ import pybigtools
 import pysam
 import pytest
 
-from genoflow.errors import FormatError, ProcessingError
-from genoflow.formats import (
+from genoflow.core.errors import FormatError, ProcessingError
+from genoflow.core.formats import (
     FORMAT_SUFFIX,
     FORMATS,
     TABIX_PRESET,

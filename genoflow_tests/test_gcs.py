@@ -18,7 +18,7 @@ import requests
 from gcsfs.retry import HttpError
 from google.oauth2.credentials import Credentials
 
-from genoflow.errors import SourceError, StorageError
+from genoflow.core.errors import SourceError, StorageError
 from genoflow.storage import gcs, http_policy, staging
 from genoflow.storage.gcs import GcsLocation, call_with_retry, gs_md5, is_transient, open_gs
 from genoflow.storage.locations import AlreadyExists, ObjectInfo

@@ -25,17 +25,19 @@ from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.tags import PARTITION_NAME_TAG
 
-from genoflow import runner
-from genoflow.config import Settings
-from genoflow.errors import ProcessingError
-from genoflow.pipeline import CHAINS, chain_version, job_name
-from genoflow.processors import alignment_checks, interval_checks
-from genoflow.run_history import (
+from genoflow.build.steps import CHAINS, chain_version, job_name
+from genoflow.core.errors import ProcessingError
+from genoflow.core.settings import Settings
+from genoflow.instance import runner
+from genoflow.instance.home import ensure_dagster_home
+from genoflow.instance.run_history import (
     CHAIN_TAG,
     chains_up_to_date,
     check_verdicts,
     successful_chain_runs,
 )
+from genoflow.processors.alignments import checks as alignment_checks
+from genoflow.processors.intervals import checks as interval_checks
 
 from .conftest import run_cli
 
@@ -254,7 +256,7 @@ def test_a_failed_chain_run_after_a_success_means_the_chain_must_run_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings.from_env({"GENOFLOW_HOME": str(tmp_path)})
-    monkeypatch.setenv("DAGSTER_HOME", str(settings.ensure_dagster_home()))
+    monkeypatch.setenv("DAGSTER_HOME", str(ensure_dagster_home(settings)))
     instance = DagsterInstance.get()
     md5 = "b" * 32
     tags = {PARTITION_NAME_TAG: md5, CHAIN_TAG: chain_version("intervals")}

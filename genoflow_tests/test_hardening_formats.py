@@ -23,14 +23,15 @@ from pathlib import Path
 import pysam
 import pytest
 
-from genoflow.errors import ProcessingError
-from genoflow.pipeline import key_for
-from genoflow.processors import alignments, engine, intervals, native_stderr, samtools
-from genoflow.processors.bigbed import bigbed_to_bed
+from genoflow.build.steps import key_for
+from genoflow.core.errors import ProcessingError
+from genoflow.processors import alignments, engine, intervals, native_stderr
+from genoflow.processors.alignments import samtools
+from genoflow.processors.intervals.bigbed import bigbed_to_bed
+from genoflow.processors.intervals.records import LineSource, RecordReader
+from genoflow.processors.intervals.sortjob import SortJob
+from genoflow.processors.intervals.streamed import sort_streamed
 from genoflow.processors.limits import EXPANSION_FLOOR, ExpansionGuard, bgzf_expanded_size
-from genoflow.processors.records import LineSource, RecordReader
-from genoflow.processors.sortjob import SortJob
-from genoflow.processors.streamed import sort_streamed
 from genoflow.storage.cache import Cache
 from genoflow_tests.support.checksums import md5_file
 

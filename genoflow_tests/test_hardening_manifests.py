@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from genoflow.manifest import read_manifest, read_manifests
-from genoflow.manifest_diff import SidecarStore, read_changed
-from genoflow.manifest_records import FIELD_LIMIT
+from genoflow.manifests.diff import SidecarStore, read_changed
+from genoflow.manifests.reading import read_manifest, read_manifests
+from genoflow.manifests.records import FIELD_LIMIT
 
 from .conftest import run_cli
 

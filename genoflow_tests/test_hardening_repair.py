@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from genoflow.config import Settings
-from genoflow.pipeline import key_for
-from genoflow.report import status_records
+from genoflow.build.steps import key_for
+from genoflow.cli.report import status_records
+from genoflow.core.settings import Settings
 from genoflow.storage.cache import Cache
 from genoflow.storage.locations import DataType
 from genoflow.storage.node import Node

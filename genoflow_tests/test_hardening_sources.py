@@ -26,15 +26,15 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from genoflow.checksums import NotRegularFileError, open_regular
-from genoflow.errors import ChecksumError, ManifestError, SourceError, StorageError
-from genoflow.manifest_records import load_records
-from genoflow.pipeline import key_for
+from genoflow.build.steps import key_for
+from genoflow.core.checksums import NotRegularFileError, open_regular
+from genoflow.core.errors import ChecksumError, ManifestError, SourceError, StorageError
+from genoflow.manifests.records import load_records
+from genoflow.manifests.watch import LocalManifests
 from genoflow.storage import atomic, gcs, staging
 from genoflow.storage.cache import Cache, Draft
 from genoflow.storage.layout import ArtifactKey
 from genoflow.storage.locations import LocalLocation
-from genoflow.watch import LocalManifests
 
 from .conftest import run_cli
 from .support.signed_url_server import SignedUrlServer, signed_url_server  # noqa: F401

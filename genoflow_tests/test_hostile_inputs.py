@@ -36,9 +36,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genoflow import formats
-from genoflow.errors import GenoflowError, StorageError
-from genoflow.pipeline import CHAINS, key_for
+from genoflow.build.steps import CHAINS, key_for
+from genoflow.core import formats
+from genoflow.core.errors import GenoflowError, StorageError
 from genoflow.storage.cache import Cache
 from genoflow.storage.datamanager import DataManager
 from genoflow.storage.gcs import GcsLocation

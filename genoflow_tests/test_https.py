@@ -15,7 +15,7 @@ import pytest
 import requests
 import urllib3
 
-from genoflow.errors import ChecksumError, SourceError, redact
+from genoflow.core.errors import ChecksumError, SourceError, redact
 from genoflow.storage import https, staging
 from genoflow_tests.support.signed_url_server import SignedUrlServer, signed_url_server
 

@@ -16,22 +16,22 @@ import pybigtools
 import pysam
 import pytest
 
-from genoflow.errors import ProcessingError
-from genoflow.processors import chunks
+from genoflow.core.errors import ProcessingError
 from genoflow.processors.base import Result, SortCheck
-from genoflow.processors.bigbed import bigbed_to_bed
-from genoflow.processors.chunks import ChunkValidator, Irregular
 from genoflow.processors.intervals import (
     CSI_THRESHOLD,
     check_sorted,
+    chunks,
     index_intervals,
     query_index,
     sort_intervals,
 )
-from genoflow.processors.order import OrderCheck
-from genoflow.processors.records import RecordReader
-from genoflow.processors.reorder import reorder_blocks
-from genoflow.processors.sortjob import SortJob
+from genoflow.processors.intervals.bigbed import bigbed_to_bed
+from genoflow.processors.intervals.chunks import ChunkValidator, Irregular
+from genoflow.processors.intervals.order import OrderCheck
+from genoflow.processors.intervals.records import RecordReader
+from genoflow.processors.intervals.reorder import reorder_blocks
+from genoflow.processors.intervals.sortjob import SortJob
 
 from .conftest import require_tool
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genoflow.errors import StorageError
+from genoflow.core.errors import StorageError
 from genoflow.storage.cache import Cache
 from genoflow.storage.layout import ASSETS, FAMILIES, ArtifactKey
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genoflow.errors import ManifestError, SourceError
-from genoflow.manifest import (
+from genoflow.core.errors import ManifestError, SourceError
+from genoflow.manifests.reading import (
     URI_RESOLVERS,
     ManifestRow,
     RowError,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from genoflow.errors import StorageError
+from genoflow.core.errors import StorageError
 from genoflow.storage.cache import MARKER, Artifact, Cache, Draft
 from genoflow.storage.layout import ArtifactKey
 from genoflow.storage.marker import FileEntry, Marker

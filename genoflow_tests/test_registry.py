@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from genoflow.errors import StorageError
+from genoflow.core.errors import StorageError
 from genoflow.storage.registry import Registry, SourceRow
 from genoflow_tests.support.processes import race
 from genoflow_tests.support.rows import row

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from genoflow.config import Settings
+from genoflow.core.settings import Settings
 from genoflow.storage.cache import Cache, Draft
 from genoflow.storage.gcs import GcsLocation
 from genoflow.storage.layout import ArtifactKey

@@ -566,7 +566,7 @@ def test_a_registry_that_never_answers_fails_within_the_connect_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install -e '.[dev]')")
-    from genoflow.errors import StorageError
+    from genoflow.core.errors import StorageError
     from genoflow.storage import registry
 
     # The kernel completes the handshake of a listening socket nobody accepts from: a host that

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, instance_for_test, materialize
 
-from genoflow import pipeline
-from genoflow.assets import family_assets, family_checks
-from genoflow.io_manager import ArtifactIOManager
-from genoflow.manifest import read_manifest
-from genoflow.partitions import PARTITIONS
-from genoflow.pipeline import key_for
-from genoflow.resources import GenoflowResource
+from genoflow.build import steps as pipeline
+from genoflow.build.steps import key_for
+from genoflow.defs.assets import family_assets, family_checks
+from genoflow.defs.io_manager import ArtifactIOManager
+from genoflow.defs.partitions import PARTITIONS
+from genoflow.defs.resources import GenoflowResource
+from genoflow.manifests.reading import read_manifest
 from genoflow.storage.gcs import make_filesystem
 from genoflow.storage.registry import Registry
 

@@ -17,11 +17,11 @@ import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance, materialize
 
-from genoflow.assets import family_assets, family_checks
-from genoflow.io_manager import ArtifactIOManager
-from genoflow.manifest import read_manifest
-from genoflow.partitions import PARTITIONS
-from genoflow.resources import GenoflowResource
+from genoflow.defs.assets import family_assets, family_checks
+from genoflow.defs.io_manager import ArtifactIOManager
+from genoflow.defs.partitions import PARTITIONS
+from genoflow.defs.resources import GenoflowResource
+from genoflow.manifests.reading import read_manifest
 from genoflow.storage import registry as registry_module
 from genoflow.storage.registry import Registry
 

@@ -15,11 +15,12 @@ from dagster import DagsterInstance, DagsterRunStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.tags import PARTITION_NAME_TAG
 
-from genoflow.config import Settings
+from genoflow.build.steps import chain_version, job_name
+from genoflow.core.settings import Settings
 from genoflow.defs.tags import CHAIN_TAG
-from genoflow.pipeline import chain_version, job_name
-from genoflow.run_history import chains_up_to_date, successful_chain_runs
-from genoflow.runner import up_to_date
+from genoflow.instance.home import ensure_dagster_home
+from genoflow.instance.run_history import chains_up_to_date, successful_chain_runs
+from genoflow.instance.runner import up_to_date
 
 from .conftest import run_cli
 
@@ -27,7 +28,7 @@ from .conftest import run_cli
 @pytest.fixture
 def instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DagsterInstance:
     settings = Settings.from_env({"GENOFLOW_HOME": str(tmp_path)})
-    monkeypatch.setenv("DAGSTER_HOME", str(settings.ensure_dagster_home()))
+    monkeypatch.setenv("DAGSTER_HOME", str(ensure_dagster_home(settings)))
     return DagsterInstance.get()
 
 

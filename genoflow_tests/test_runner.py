@@ -8,7 +8,7 @@ import sys
 from dagster import DagsterInstance, DagsterRunStatus
 
 from genoflow.defs.tags import LAUNCHED_BY, OWNER
-from genoflow.runner import fail_abandoned_runs
+from genoflow.instance.runner import fail_abandoned_runs
 from genoflow.storage.replicas import owner_id
 
 

@@ -21,9 +21,9 @@ from dagster._core.definitions.data_version import CODE_VERSION_TAG
 from dagster._core.storage.tags import PARTITION_NAME_TAG
 from dagster._core.test_utils import create_run_for_test
 
-from genoflow.backfill import plan
+from genoflow.build.steps import CHAINS, version_of
 from genoflow.definitions import defs
-from genoflow.pipeline import CHAINS, version_of
+from genoflow.defs.backfill import plan
 
 MD5 = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"
@@ -153,8 +153,9 @@ def _genoflow(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _register_table(tmp_path: Path, home: Path) -> str:
     """Register one small CSV source and its partition, without building anything."""
-    from genoflow.config import Settings
-    from genoflow.manifest import read_manifest
+    from genoflow.core.settings import Settings
+    from genoflow.instance.home import ensure_dagster_home
+    from genoflow.manifests.reading import read_manifest
     from genoflow.storage.registry import Registry
 
     content = b"sample,reads\nNA12878,1000\n"
@@ -164,7 +165,7 @@ def _register_table(tmp_path: Path, home: Path) -> str:
     manifest.write_text(f"name\turi\tmd5\ntable.csv\ttable.csv\t{md5}\n")
     settings = Settings.from_env({"GENOFLOW_HOME": str(home)})
     Registry(settings.registry_target).register(read_manifest(manifest).rows)
-    with DagsterInstance.from_config(str(settings.ensure_dagster_home())) as instance:
+    with DagsterInstance.from_config(str(ensure_dagster_home(settings))) as instance:
         instance.add_dynamic_partitions("passthrough_md5", [md5])
     return md5
 
@@ -184,8 +185,8 @@ def test_cli_backfill_dry_run_prints_the_plan_then_a_backfill_builds_it(tmp_path
 
 
 def test_a_backlog_larger_than_a_tick_is_worked_through_over_several(instance) -> None:
-    from genoflow.partitions import PARTITIONS
-    from genoflow.schedules import requests
+    from genoflow.defs.partitions import PARTITIONS
+    from genoflow.defs.schedules import requests
 
     md5s = [f"{i:032x}" for i in range(5)]
     instance.add_dynamic_partitions(PARTITIONS["intervals"].name, md5s)

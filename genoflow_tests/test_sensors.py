@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, build_sensor_context
 
-from genoflow.manifest import read_manifest
-from genoflow.manifest_diff import HandledLines, SidecarStore, read_changed
-from genoflow.partitions import PARTITIONS
-from genoflow.pipeline import chain_version
-from genoflow.resources import GenoflowResource
-from genoflow.sensors import evaluate, run_key
+from genoflow.build.steps import chain_version
+from genoflow.defs.partitions import PARTITIONS
+from genoflow.defs.resources import GenoflowResource
+from genoflow.defs.sensors import evaluate, run_key
+from genoflow.manifests.diff import HandledLines, SidecarStore, read_changed
+from genoflow.manifests.reading import read_manifest
+from genoflow.manifests.watch import LocalManifests, ManifestCursor, scan
 from genoflow.storage.registry import Registry
-from genoflow.watch import LocalManifests, ManifestCursor, scan
 from genoflow_tests.support.sensors import HEADER, tick
 
 
@@ -282,7 +282,7 @@ def _no_full_read(monkeypatch) -> None:
     def full_read(*args, **kwargs):
         raise AssertionError("the manifest was read whole")
 
-    monkeypatch.setattr("genoflow.manifest_diff.read_manifest", full_read)
+    monkeypatch.setattr("genoflow.manifests.diff.read_manifest", full_read)
 
 
 def test_a_small_edit_to_a_manifest_reads_only_its_new_lines(

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from genoflow.config import Settings
-from genoflow.errors import ManifestError, SourceError
-from genoflow.pipeline import build_source
+from genoflow.build.steps import build_source
+from genoflow.core.errors import ManifestError, SourceError
+from genoflow.core.settings import Settings
+from genoflow.manifests.watch import manifest_location
+from genoflow.manifests.watch.gcs import GcsManifests
 from genoflow.storage.cache import Cache
 from genoflow.storage.gcs import make_filesystem
 from genoflow.storage.registry import Registry
-from genoflow.watch import manifest_location
-from genoflow.watch_gcs import GcsManifests
 
 from .support.gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401
 from .support.sensors import HEADER, tick

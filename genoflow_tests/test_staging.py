@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 import pytest
 
-from genoflow.errors import ChecksumError, SourceError, redact
+from genoflow.core.errors import ChecksumError, SourceError, redact
 from genoflow.storage import staging
 
 # Latin-1 bytes in a record, as real files carry them.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from genoflow.errors import StorageError
+from genoflow.core.errors import StorageError
 from genoflow.storage.cache import MARKER
 from genoflow.storage.locations import AlreadyExists, LocalLocation, ObjectInfo
 from genoflow.storage.transfer import (

@@ -16,9 +16,9 @@ from pathlib import Path
 from dagster import DagsterEvent, DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES, RunsFilter
 
-from genoflow.jobs import job_name
-from genoflow.manifest import read_manifest
-from genoflow.pipeline import CHAINS
+from genoflow.build.steps import CHAINS
+from genoflow.defs.jobs import job_name
+from genoflow.manifests.reading import read_manifest
 
 WORKER_KEY = "Celery worker"
 

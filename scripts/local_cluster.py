@@ -29,7 +29,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from genoflow.jobs import job_name
+from genoflow.defs.jobs import job_name
 from scripts.cluster_services import Service, launch, postgres_service, wait_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,17 +7,14 @@ Processors are pure file transforms: a path in, files written into ``out_dir``, 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genoflow.checksums import md5_file
-from genoflow.errors import ProcessingError
+from genoflow.core.checksums import md5_file
+from genoflow.core.errors import ProcessingError
 
-__all__ = ["Result", "SortCheck", "link_or_copy", "md5_file", "parse_memory", "require_output"]
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+__all__ = ["Result", "SortCheck", "link_or_copy", "md5_file", "require_output"]
 
 
 @dataclass(frozen=True)
@@ -35,24 +32,6 @@ class Result:
     records_in: int
     records_out: int
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_memory(value: str | int) -> int:
-    """Parse a size such as ``768M``, ``2G`` or ``1048576`` into bytes.
-
-    Raises:
-        ValueError: when the value is not a positive size.
-    """
-    if isinstance(value, int):
-        size = value
-    else:
-        match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", value.upper())
-        if not match:
-            raise ValueError(f"not a memory size: {value!r} (use e.g. 768M or 2G)")
-        size = int(match.group(1)) * _UNITS[match.group(2)]
-    if size <= 0:
-        raise ValueError(f"memory size must be positive, got {value!r}")
-    return size
 
 
 def require_output(path: Path, *, name: str, stage: str) -> Path:

@@ -1,9 +1,9 @@
 """Run command-line tools as children with pipefail semantics.
 
-Invariant: a :class:`Child` is always killed (if still running) and reaped when its ``with``
-block ends, whatever happened inside; a non-zero exit status of any child becomes a
-:class:`~genoflow.errors.ProcessingError` naming the file, the stage, the tool and what the tool
-wrote on stderr. Stderr goes to an anonymous temporary file, so a chatty tool can never block.
+Invariant: a :class:`Child` is always killed (if still running) and reaped when its ``with`` block
+ends, whatever happened inside; a non-zero exit status of any child becomes a
+:class:`~genoflow.core.errors.ProcessingError` naming the file, the stage, the tool and what the
+tool wrote on stderr. Stderr goes to an anonymous temporary file, so a chatty tool can never block.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from genoflow.errors import ProcessingError
+from genoflow.core.errors import ProcessingError
 
 __all__ = ["STDERR_LIMIT", "Child", "pump", "write_all"]
 

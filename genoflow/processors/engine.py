@@ -27,12 +27,12 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Literal
 
-from genoflow.errors import ProcessingError
+from genoflow.core.errors import ProcessingError
+from genoflow.core.settings import ENGINE_VARIABLE, engine_name
 
 __all__ = ["ENGINE_VARIABLE", "MIN_VERSION", "Engine", "Tools", "choose"]
 
 Engine = Literal["htslib-cli", "pysam"]
-ENGINE_VARIABLE = "GENOFLOW_ENGINE"
 MIN_VERSION = (1, 10)
 """Oldest htslib tools accepted: ``samtools sort --write-index`` and ``##idx##`` need 1.10."""
 
@@ -79,7 +79,7 @@ def choose(*needed: str, name: str, stage: str) -> Tools:
         ProcessingError: ``GENOFLOW_ENGINE`` is not a known choice, or it asks for
             ``htslib-cli`` and a tool is missing or older than 1.10.
     """
-    wanted = os.environ.get(ENGINE_VARIABLE, "auto").strip().lower() or "auto"
+    wanted = engine_name()
     if wanted not in _CHOICES:
         raise ProcessingError(
             f"{ENGINE_VARIABLE}={wanted!r} is not one of {', '.join(_CHOICES)}",

@@ -1,12 +1,12 @@
 """What one input may cost on disk: a cap on decompression expansion, and free space to sort.
 
-Invariant: a compressed input whose decompressed bytes exceed ``max_expansion`` times its size
-on disk (``GENOFLOW_MAX_EXPANSION``, default 100; 0 means no cap) is refused as soon as that
-many bytes have been produced, or before anything is decompressed when its BGZF blocks declare
-their sizes; and a sort starts only when the work folder's filesystem has room for what it can
-need. Each refusal is a :class:`~genoflow.errors.ProcessingError` naming the file, the stage and
-the setting or space to change. Inputs that expand to less than :data:`EXPANSION_FLOOR` are
-never refused: they cannot fill a disk, and tiny repetitive files compress extremely well.
+Invariant: a compressed input whose decompressed bytes exceed ``max_expansion`` times its size on
+disk (``GENOFLOW_MAX_EXPANSION``, default 100; 0 means no cap) is refused as soon as that many bytes
+have been produced, or before anything is decompressed when its BGZF blocks declare their sizes; and
+a sort starts only when the work folder's filesystem has room for what it can need. Each refusal is
+a :class:`~genoflow.core.errors.ProcessingError` naming the file, the stage and the setting or space
+to change. Inputs that expand to less than :data:`EXPANSION_FLOOR` are never refused: they cannot
+fill a disk, and tiny repetitive files compress extremely well.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import os
 import struct
 from pathlib import Path
 
-from genoflow.errors import ProcessingError
+from genoflow.core.errors import ProcessingError
+from genoflow.core.settings import DEFAULT_MAX_EXPANSION, EXPANSION_VARIABLE
 
 __all__ = [
     "DEFAULT_MAX_EXPANSION",
@@ -26,8 +27,6 @@ __all__ = [
     "require_free_space",
 ]
 
-DEFAULT_MAX_EXPANSION = 100.0
-EXPANSION_VARIABLE = "GENOFLOW_MAX_EXPANSION"
 EXPANSION_FLOOR = 16 << 20
 """Decompressed bytes allowed whatever the ratio says (16 MiB)."""
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import filelock
 
-from genoflow.checksums import md5_file
-from genoflow.errors import StorageError
+from genoflow.core.checksums import md5_file
+from genoflow.core.errors import StorageError
 from genoflow.storage import atomic
 from genoflow.storage.layout import ArtifactKey
 from genoflow.storage.marker import FORMAT_VERSION, MARKER, FileEntry, Marker, content_checksum

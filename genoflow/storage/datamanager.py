@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Connection
 
-from genoflow.errors import GenoflowError, StorageError, redact
+from genoflow.core.errors import GenoflowError, StorageError, redact
 from genoflow.storage import atomic, replicas, transfer
 from genoflow.storage.locations import (
     AlreadyExists,

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
-from genoflow.checksums import md5_file
-from genoflow.errors import SourceError, StorageError, redact
+from genoflow.core.checksums import md5_file
+from genoflow.core.errors import SourceError, StorageError, redact
 from genoflow.storage.locations import AlreadyExists, Location, ObjectInfo, safe_relpath
 
 if TYPE_CHECKING:

@@ -1,12 +1,12 @@
 """One HTTP(S) response body, read piece by piece and resumed after transient failures.
 
-Invariant: the bytes :class:`HttpBody` hands out are exactly the server's body, in order, each
-once. After a transient failure mid-body it resumes at the first byte not yet delivered: a
-``Range`` request guarded by ``If-Range`` when the server gave an ETag or Last-Modified, or else
-a fresh request whose already-delivered bytes are read and discarded. A body that changed on the
-server meanwhile, or that ends before its ``Content-Length``, raises
-:class:`~genoflow.errors.SourceError`; so does a permanent failure, or transient ones beyond the
-:class:`~genoflow.storage.http_policy.HttpPolicy` bounds. No library exception (whose text holds
+Invariant: the bytes :class:`HttpBody` hands out are exactly the server's body, in order, each once.
+After a transient failure mid-body it resumes at the first byte not yet delivered: a ``Range``
+request guarded by ``If-Range`` when the server gave an ETag or Last-Modified, or else a fresh
+request whose already-delivered bytes are read and discarded. A body that changed on the server
+meanwhile, or that ends before its ``Content-Length``, raises
+:class:`~genoflow.core.errors.SourceError`; so does a permanent failure, or transient ones beyond
+the :class:`~genoflow.storage.http_policy.HttpPolicy` bounds. No library exception (whose text holds
 the full URL) is ever chained to what it raises.
 """
 
@@ -24,7 +24,7 @@ from urllib.parse import urljoin
 import requests
 import urllib3
 
-from genoflow.errors import SourceError, redact
+from genoflow.core.errors import SourceError, redact
 from genoflow.storage.http_policy import (
     LIBRARY_ERRORS,
     HttpPolicy,

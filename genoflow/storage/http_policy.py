@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from genoflow.errors import redact
+from genoflow.core.errors import redact
 
 __all__ = [
     "LIBRARY_ERRORS",

@@ -4,7 +4,7 @@ Invariants:
 
 - A signed URL's query string is a credential. It never reaches a log record, an exception
   message or an exception chain: every library error becomes a :class:`SourceError` built from
-  :func:`~genoflow.errors.redact`, raised outside the ``except`` block so no URL-carrying
+  :func:`~genoflow.core.errors.redact`, raised outside the ``except`` block so no URL-carrying
   exception is chained, and urllib3's loggers get a filter that strips query strings.
 - The bytes handed to the caller are exactly the server's body, in order, each once. After a
   transient failure mid-body the download *resumes* at the first byte not yet delivered: a

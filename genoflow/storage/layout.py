@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from genoflow.errors import StorageError
+from genoflow.core.errors import StorageError
 
 FAMILIES = ("alignments", "intervals", "passthrough")
 ASSETS = ("source", "sorted", "index")

@@ -17,8 +17,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from genoflow.checksums import CHUNK, NotRegularFileError, open_regular
-from genoflow.errors import StorageError
+from genoflow.core.checksums import CHUNK, NotRegularFileError, open_regular
+from genoflow.core.errors import StorageError
 
 
 class DataType(enum.StrEnum):

@@ -2,7 +2,7 @@
 
 Invariants:
 - :meth:`Marker.from_json` accepts exactly what the cache has always written (every key below,
-  with its JSON type) and raises :class:`~genoflow.errors.StorageError` naming the missing or
+  with its JSON type) and raises :class:`~genoflow.core.errors.StorageError` naming the missing or
   mistyped key otherwise; unknown keys are kept in ``extra`` so a newer writer's marker survives;
 - ``Marker.from_json(d).to_json() == d`` for every accepted ``d``: the JSON on disk, in buckets
   and in the registry keeps its shape, so existing artifacts still load;
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from genoflow.errors import StorageError
+from genoflow.core.errors import StorageError
 
 MARKER = "genoflow.json"
 FORMAT_VERSION = 1

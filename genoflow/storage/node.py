@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from genoflow.config import Settings
-from genoflow.errors import StorageError
+from genoflow.core.errors import StorageError
+from genoflow.core.settings import Settings
 from genoflow.storage.cache import Artifact, Cache, Draft
 from genoflow.storage.datamanager import DataManager, NoValidReplica, RepairOutcome
 from genoflow.storage.layout import ArtifactKey

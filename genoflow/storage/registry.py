@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from genoflow.errors import StorageError, redact
+from genoflow.core.errors import StorageError, redact
 
 metadata = sa.MetaData()
 _DDL_LOCK = 0x67656E6F  # "geno": the advisory lock key taken while creating tables
@@ -173,7 +173,7 @@ def _server_engine(url: str) -> Engine:
     timeout = {}
     if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
         timeout = {"connect_timeout": CONNECT_TIMEOUT}
-    # A registry stays open for a whole Dagster run (genoflow/resources.py): a connection the
+    # A registry stays open for a whole Dagster run (genoflow/defs/resources.py): a connection the
     # server dropped meanwhile (a restart, an idle timeout) is replaced on checkout, as a fresh
     # engine per step would have done.
     return sa.create_engine(parsed, connect_args=timeout, pool_pre_ping=True)

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from genoflow.errors import StorageError
+from genoflow.core.errors import StorageError
 from genoflow.storage.atomic import process_alive
 from genoflow.storage.locations import DataType, Location
 from genoflow.storage.marker import Marker

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from genoflow.checksums import CHUNK, NotRegularFileError, open_regular
-from genoflow.errors import ChecksumError, GenoflowError, SourceError, StorageError, redact
+from genoflow.core.checksums import CHUNK, NotRegularFileError, open_regular
+from genoflow.core.errors import ChecksumError, GenoflowError, SourceError, StorageError, redact
 
 # Writes that fail because the disk (or the process's file size limit, or a quota) is full.
 _FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})

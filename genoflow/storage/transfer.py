@@ -18,8 +18,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from genoflow.checksums import md5_file
-from genoflow.errors import ChecksumError, StorageError
+from genoflow.core.checksums import md5_file
+from genoflow.core.errors import ChecksumError, StorageError
 from genoflow.storage import atomic
 from genoflow.storage.locations import AlreadyExists, LocalLocation, Location, ObjectInfo
 from genoflow.storage.marker import MARKER, FileEntry, Marker, content_checksum

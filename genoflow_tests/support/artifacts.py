@@ -14,7 +14,7 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
-from genoflow.errors import StorageError
+from genoflow.core.errors import StorageError
 from genoflow.storage.cache import MARKER, Cache, Draft
 from genoflow.storage.datamanager import DataManager
 from genoflow.storage.layout import ArtifactKey

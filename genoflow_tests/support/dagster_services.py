@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from genoflow.config import dagster_storage_yaml
+from genoflow.instance.home import dagster_storage_yaml
 
 BIN = Path(sys.executable).parent
 # With the embedded instance's storages (as genoflow writes them), a run queue, as a daemon runs.

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 
-from genoflow.jobs import family_job
-from genoflow.pipeline import CHAINS
-from genoflow.resources import GenoflowResource
-from genoflow.sensors import manifest_sensor
+from genoflow.build.steps import CHAINS
+from genoflow.defs.jobs import family_job
+from genoflow.defs.resources import GenoflowResource
+from genoflow.defs.sensors import manifest_sensor
 
 HEADER = "name\turi\tmd5\tformat\tsize\n"
 

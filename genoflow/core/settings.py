@@ -1,0 +1,400 @@
+"""Settings from the environment, with the defaults of a single machine.
+
+Read only when a command or a run starts — never at import time. Invariant: a variable that
+holds an unusable value raises :class:`ConfigError` naming the variable, its value (a URL's
+password and query hidden) and what to do; :meth:`Settings.check_writable` refuses a home
+genoflow could not write in, before any command does work.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from genoflow.core.errors import GenoflowError, redact
+
+DEFAULT_HOME = ".genoflow"
+DEFAULT_SORT_MEMORY = "768M"
+MAX_THREADS = 1024
+DEFAULT_MAX_EXPANSION = 100.0
+EXPANSION_VARIABLE = "GENOFLOW_MAX_EXPANSION"
+ENGINE_VARIABLE = "GENOFLOW_ENGINE"
+EXECUTOR_VARIABLE = "GENOFLOW_EXECUTOR"
+MANIFESTS_VARIABLE = "GENOFLOW_MANIFESTS"
+DEFAULT_MANIFESTS = "data/manifests"
+DEFAULT_BACKFILL_CRON = "0 2 * * *"
+DEFAULT_SENSOR_INTERVAL = 30
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class ConfigError(GenoflowError, ValueError):
+    """An environment variable holds a value genoflow cannot use (a ValueError too, as
+    :meth:`Settings.from_env` always raised)."""
+
+    default_stage = "config"
+
+
+def _bad(variable: str, value: str, problem: str, hint: str) -> ConfigError:
+    """``[config] VARIABLE=value: problem — hint`` (the caller hides any secret in value)."""
+    return ConfigError(problem, file=f"{variable}={value}", hint=hint)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where genoflow keeps things and how much of the machine a build may use.
+
+    Attributes:
+        home: holds ``cache/``, ``work/``, ``registry.db`` and, unless DAGSTER_HOME is set,
+            the Dagster instance (``dagster/``).
+        sort_memory: the total memory cap of one sort, in bytes, across all its threads.
+        threads: threads one build may use.
+        dagster_home: the Dagster instance folder.
+        deployment: the name of the machines sharing this node's cache (``local``).
+        replicas: URIs (``gs://bucket/prefix``) every published artifact is copied to.
+        registry_url: a SQLAlchemy URL for a shared registry; None means the SQLite file.
+        allowed_roots: folders local sources may be read from; empty means each manifest's
+            own folder and below.
+        max_expansion: the cap on decompressed bytes per byte of a compressed input
+            (``GENOFLOW_MAX_EXPANSION``, default 100); 0 means no cap.
+    """
+
+    home: Path
+    sort_memory: int
+    threads: int
+    dagster_home: Path
+    deployment: str = "local"
+    replicas: tuple[str, ...] = ()
+    registry_url: str | None = None
+    allowed_roots: tuple[Path, ...] = ()
+    max_expansion: float = DEFAULT_MAX_EXPANSION
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``GENOFLOW_*`` variables (see the README's configuration table).
+
+        Nothing is created or written: see :meth:`check_writable`.
+
+        Raises:
+            ConfigError: a variable holds an unusable value (a ValueError too).
+        """
+        env = os.environ if environ is None else environ
+        home = _folder(env, "GENOFLOW_HOME", DEFAULT_HOME)
+        dagster_home = _folder(env, "DAGSTER_HOME", str(home / "dagster"))
+        return cls(
+            home=home,
+            sort_memory=_sort_memory(env.get("GENOFLOW_SORT_MEMORY") or DEFAULT_SORT_MEMORY),
+            threads=_threads(env.get("GENOFLOW_THREADS")),
+            dagster_home=dagster_home,
+            deployment=env.get("GENOFLOW_DEPLOYMENT") or "local",
+            replicas=_replicas(env.get("GENOFLOW_REPLICAS", "")),
+            registry_url=_registry_url(env.get("GENOFLOW_REGISTRY_URL") or None),
+            allowed_roots=_roots(env.get("GENOFLOW_ALLOWED_ROOTS", "")),
+            max_expansion=_max_expansion(env.get("GENOFLOW_MAX_EXPANSION", "")),
+        )
+
+    def roots_for(self, manifest: str | Path) -> tuple[Path, ...]:
+        """Where a local source listed in ``manifest`` may be read from."""
+        return self.allowed_roots or (Path(manifest).resolve().parent,)
+
+    def with_overrides(
+        self, *, home: str | None, sort_memory: str | None, threads: int | None
+    ) -> Settings:
+        """Settings with any non-None value replaced (a resource's config wins over the env)."""
+        changed = self
+        if home:
+            changed = replace(changed, home=Path(home).expanduser().resolve())
+        if sort_memory:
+            changed = replace(changed, sort_memory=parse_memory(sort_memory))
+        if threads:
+            changed = replace(changed, threads=threads)
+        return changed
+
+    @property
+    def cache_root(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.home / "registry.db"
+
+    @property
+    def registry_target(self) -> str:
+        """Where the registry lives: ``GENOFLOW_REGISTRY_URL``, else the SQLite file."""
+        return self.registry_url or str(self.registry_path)
+
+    def check_writable(self) -> None:
+        """Refuse a home (or Dagster instance folder) genoflow could not write in.
+
+        An existing folder is probed by creating and removing a file in it, which tells a
+        read-only file system, missing permission and a full disk apart; a folder still to be
+        created is judged by the nearest folder that exists. Nothing else is created.
+
+        Raises:
+            ConfigError: naming the variable, the folder and what to do.
+        """
+        inside = self.dagster_home == self.home / "dagster"
+        for variable, folder in (
+            ("GENOFLOW_HOME", self.home),
+            ("GENOFLOW_HOME" if inside else "DAGSTER_HOME", self.dagster_home),
+        ):
+            problem = _unwritable(folder)
+            if problem:
+                raise _bad(variable, str(folder), problem, _WRITABLE_HINTS[variable])
+
+
+_WRITABLE_HINTS = {
+    "GENOFLOW_HOME": "point GENOFLOW_HOME at a folder on a writable file system that this user "
+    "may write in",
+    "DAGSTER_HOME": "point DAGSTER_HOME at a writable folder, or unset it to keep the instance "
+    "in GENOFLOW_HOME/dagster",
+}
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why genoflow could not write in ``folder`` (or create it), or None."""
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if existing == folder:
+        try:
+            handle, probe = tempfile.mkstemp(dir=folder, prefix=".genoflow-write-check.")
+        except OSError as exc:
+            error = exc.errno
+        else:
+            os.close(handle)
+            os.unlink(probe)
+            return None
+    elif os.access(existing, os.W_OK | os.X_OK):
+        return None
+    else:
+        error = errno.EROFS if _read_only(existing) else errno.EACCES
+    where = "is" if existing == folder else f"cannot be created: {existing} is"
+    if error == errno.EROFS:
+        return f"{where} on a read-only file system"
+    if error in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where} on a full disk"
+    return f"{where} not writable by this user (uid {os.getuid()})"
+
+
+def _read_only(folder: Path) -> bool:
+    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+
+
+def _max_expansion(value: str) -> float:
+    """``GENOFLOW_MAX_EXPANSION``: a non-negative ratio; empty means the default, 0 no cap."""
+    if not value.strip():
+        return DEFAULT_MAX_EXPANSION
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = -1.0
+    if not ratio >= 0 or ratio == float("inf"):
+        raise _bad(
+            "GENOFLOW_MAX_EXPANSION",
+            value,
+            "is not a ratio of 0 or more",
+            f"set it to the most decompressed bytes per compressed byte an input may have "
+            f"(default {DEFAULT_MAX_EXPANSION:g}; 0 means no cap), or unset it",
+        )
+    return ratio
+
+
+def _roots(value: str) -> tuple[Path, ...]:
+    parts = [part.strip() for chunk in value.split(",") for part in chunk.split(os.pathsep)]
+    roots = tuple(_resolve("GENOFLOW_ALLOWED_ROOTS", part) for part in parts if part)
+    for root in roots:
+        if not root.is_dir():
+            raise _bad(
+                "GENOFLOW_ALLOWED_ROOTS",
+                value,
+                f"names {root}, which is not a folder",
+                "list existing folders, separated by ':' or ','",
+            )
+    return roots
+
+
+def _resolve(variable: str, value: str) -> Path:
+    try:
+        return Path(value).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # ~nosuchuser, a symlink loop
+        raise _bad(
+            variable, value, f"cannot be resolved ({exc})", "give an absolute path"
+        ) from None
+
+
+def _folder(env: Mapping[str, str], variable: str, default: str) -> Path:
+    """The folder a variable names, resolved; refused when it or a parent is not a folder."""
+    value = env.get(variable) or default
+    path = _resolve(variable, value)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == path else f"lies under {parent}, a file"
+                raise _bad(
+                    variable,
+                    value,
+                    f"{where}, not a folder",
+                    f"point {variable} at a folder (it is created if missing)",
+                )
+            break
+    return path
+
+
+def _threads(value: str | None) -> int:
+    if not value:
+        return os.cpu_count() or 1
+    text = value.strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_THREADS:
+        raise _bad(
+            "GENOFLOW_THREADS",
+            value,
+            f"is not a whole number from 1 to {MAX_THREADS}",
+            f"set it to the cores one build may use (this machine has {os.cpu_count()}), "
+            "or unset it",
+        )
+    return int(text)
+
+
+def _sort_memory(value: str) -> int:
+    try:
+        size = parse_memory(value)
+    except ValueError:
+        raise _bad(
+            "GENOFLOW_SORT_MEMORY",
+            value,
+            "is not a positive memory size",
+            f"use a number of bytes with K, M, G or T, e.g. {DEFAULT_SORT_MEMORY} or 2G",
+        ) from None
+    total = _physical_memory()
+    if total and size > total:
+        raise _bad(
+            "GENOFLOW_SORT_MEMORY",
+            value,
+            f"is more than this machine's {total >> 20} MiB of memory",
+            "set a cap a sort can really have; sorting spills to disk beyond it",
+        )
+    return size
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not every platform says
+        return None
+
+
+def _replicas(value: str) -> tuple[str, ...]:
+    replicas = tuple(uri.strip() for uri in value.split(",") if uri.strip())
+    for uri in replicas:
+        bucket = uri.removeprefix("gs://").split("/", 1)[0]
+        if not uri.startswith("gs://") or not bucket or "?" in uri:
+            raise _bad(
+                "GENOFLOW_REPLICAS",
+                redact(value),
+                f"entry {uri.split('?', 1)[0]!r} is not gs://bucket[/prefix]",
+                "list gs:// prefixes separated by ',', or unset it",
+            )
+    return replicas
+
+
+def _registry_url(value: str | None) -> str | None:
+    """A SQLAlchemy URL whose dialect and driver are installed; a SQLite file's folder must
+    exist (the database itself is created on first use)."""
+    if value is None:
+        return None
+    import sqlalchemy as sa  # here, not at import time: only a set URL needs it
+
+    hint = (
+        "set a SQLAlchemy URL such as postgresql+psycopg2://user@host/genoflow, "
+        "or unset it for the SQLite file in GENOFLOW_HOME"
+    )
+    try:
+        url = sa.engine.make_url(value)
+    except (sa.exc.ArgumentError, ValueError):
+        shown = value.split("://", 1)[0] + "://…" if "://" in value else redact(value)
+        raise _bad("GENOFLOW_REGISTRY_URL", shown, "is not a URL", hint) from None
+    shown = url.render_as_string(hide_password=True).split("?", 1)[0]
+    try:
+        url.get_dialect().import_dbapi()
+    except (sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise _bad(
+            "GENOFLOW_REGISTRY_URL",
+            shown,
+            f"needs a database driver that is not installed ({exc})",
+            hint,
+        ) from None
+    if url.get_backend_name() == "sqlite":
+        _check_sqlite(url.database, shown, hint)
+    return value
+
+
+def _check_sqlite(database: str | None, shown: str, hint: str) -> None:
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        raise _bad(
+            "GENOFLOW_REGISTRY_URL",
+            shown,
+            "is an in-memory database, forgotten when each command ends",
+            "name a file: sqlite:////absolute/path/registry.db",
+        )
+    folder = Path(database).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise _bad("GENOFLOW_REGISTRY_URL", shown, f"names a file in {folder}, not a folder", hint)
+
+
+def parse_memory(value: str | int) -> int:
+    """Parse a size such as ``768M``, ``2G`` or ``1048576`` into bytes.
+
+    Raises:
+        ValueError: when the value is not a positive size.
+    """
+    if isinstance(value, int):
+        size = value
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", value.upper())
+        if not match:
+            raise ValueError(f"not a memory size: {value!r} (use e.g. 768M or 2G)")
+        size = int(match.group(1)) * _UNITS[match.group(2)]
+    if size <= 0:
+        raise ValueError(f"memory size must be positive, got {value!r}")
+    return size
+
+
+def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
+
+
+def engine_name(environ: Mapping[str, str] | None = None) -> str:
+    """``GENOFLOW_ENGINE`` as written, lower-cased (``auto`` when unset); the processors'
+    engine module says which values it takes."""
+    return _environ(environ).get(ENGINE_VARIABLE, "auto").strip().lower() or "auto"
+
+
+def executor_variable(environ: Mapping[str, str] | None = None) -> str:
+    """``GENOFLOW_EXECUTOR`` normalised (``in-process`` → ``in_process``), or ``""`` when unset;
+    the definitions' executor module says which values it takes."""
+    return (_environ(environ).get(EXECUTOR_VARIABLE) or "").strip().lower().replace("-", "_")
+
+
+def manifests_variable(environ: Mapping[str, str] | None = None) -> str:
+    """``GENOFLOW_MANIFESTS``: the watched manifest folder or ``gs://`` prefix."""
+    return _environ(environ).get(MANIFESTS_VARIABLE) or DEFAULT_MANIFESTS
+
+
+def automation_variables(environ: Mapping[str, str] | None = None) -> tuple[str, int]:
+    """``GENOFLOW_BACKFILL_CRON`` (checked as a cron string where Dagster is loaded) and
+    ``GENOFLOW_SENSOR_INTERVAL`` in seconds.
+
+    Raises:
+        ValueError: the interval is not whole seconds ≥ 1.
+    """
+    env = _environ(environ)
+    cron = (env.get("GENOFLOW_BACKFILL_CRON") or DEFAULT_BACKFILL_CRON).strip()
+    interval = env.get("GENOFLOW_SENSOR_INTERVAL") or str(DEFAULT_SENSOR_INTERVAL)
+    if not interval.isdigit() or int(interval) < 1:
+        raise ValueError(f"GENOFLOW_SENSOR_INTERVAL must be whole seconds ≥ 1, got {interval!r}")
+    return cron, int(interval)

@@ -1,0 +1,269 @@
+"""Dagster's SQLite run and event-log storages, without rebuilding a database per statement.
+
+Dagster's embedded storages create a SQLAlchemy engine and open (then close, checkpointing the
+WAL) a SQLite connection for every statement, and create each run's event database with one
+DDL statement per table after loading every alembic migration script. A run of one small file
+writes about fifty events, so that bookkeeping, not the work, dominated ``genoflow run`` on many
+small files. These subclasses keep Dagster's files, tables and layout (an instance can switch
+between them and Dagster's classes either way) and change only how they are opened:
+
+- one engine per database for the process, whose connections are kept in a pool;
+- ``synchronous=NORMAL`` in WAL mode: a commit is not flushed to disk on its own; a process
+  killed at any moment loses nothing committed, a power cut may lose the last commits, never the
+  database (https://www.sqlite.org/wal.html#performance_considerations);
+- a new run's database is a copy of an empty one this process created through Dagster's own
+  initialisation, so it has exactly Dagster's schema and migration stamp.
+
+Creating an instance's databases is idempotent across processes. Dagster's SQLite storages check
+whether their tables exist and then create them, so the webserver, the daemon and a run opening
+a new instance at the same moment both saw none, and one failed with "table runs already
+exists" (or stamped the migration version twice, which breaks the database for good). Every
+process opening a database through these classes holds a lock file beside it
+(``.runs.db.lock``, ``.index.db.lock``, ``.schedules.db.lock``) while it checks and creates,
+and retries what a process not taking the lock (Dagster's own classes) can still cause.
+
+``genoflow/core/settings.py`` names them, with Dagster's own folders for them (``history``,
+``history/runs`` and ``schedules`` in the instance folder), in the ``dagster.yaml`` it writes
+for the embedded instance.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from dagster import StringSource
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    SqliteEventLogStorage,
+)
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
+from dagster._core.storage.sqlite import create_db_conn_string
+from dagster._serdes import ConfigurableClassData
+from filelock import FileLock, Timeout
+from sqlalchemy import create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
+
+from genoflow.core.errors import StorageError
+
+# Run databases whose engines (and pooled connections) a process keeps, besides the index: a
+# long-lived webserver reads many runs; the least recently used ones are closed.
+MAX_SHARD_ENGINES = 16
+# Seconds a process waits for another one to finish creating an instance's database.
+CREATION_TIMEOUT = 120.0
+# What a concurrent creation by a process that does not take the lock looks like.
+_CONCURRENT_CREATION = re.compile(
+    r"table \w+ already exists|database is locked|UNIQUE constraint failed: alembic_version"
+)
+_T = TypeVar("_T")
+
+
+@contextmanager
+def creating(base_dir: str, database: str) -> Iterator[None]:
+    """Hold ``{base_dir}/.{database}.lock`` while ``database`` there is checked and created.
+
+    Args:
+        base_dir: the storage's folder (created if missing).
+        database: the database's file name, e.g. ``runs.db``.
+
+    Raises:
+        StorageError: the folder cannot be written, or another process held the lock for longer
+            than ``CREATION_TIMEOUT``.
+    """
+    lock_path = os.path.join(base_dir, f".{database}.lock")
+    try:
+        os.makedirs(base_dir, exist_ok=True)
+        lock = FileLock(lock_path, timeout=CREATION_TIMEOUT)
+        lock.acquire()
+    except Timeout as exc:
+        raise StorageError(
+            f"another process has been creating {database} for more than {CREATION_TIMEOUT:g} s",
+            file=lock_path,
+            stage="instance",
+            hint="wait for the other genoflow or Dagster process to finish (or stop it), then "
+            "run again",
+        ) from exc
+    except OSError as exc:
+        raise StorageError(
+            f"the Dagster instance folder cannot be written: {exc.strerror or exc}",
+            file=base_dir,
+            stage="instance",
+            hint="make GENOFLOW_HOME a writable folder, then run again",
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def created(create: Callable[[], _T]) -> _T:
+    """``create()``, retried with backoff while it fails the way a concurrent creation does.
+
+    Args:
+        create: opens (and if need be creates) one database.
+    """
+    deadline = time.monotonic() + CREATION_TIMEOUT
+    delay = 0.05
+    while True:
+        try:
+            return create()
+        except (sa_exc.DatabaseError, sqlite3.DatabaseError) as exc:
+            if not _CONCURRENT_CREATION.search(str(exc)) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def _engine(conn_string: str, timeout: float) -> Engine:
+    """An engine whose connections are pooled and commit without flushing (WAL, NORMAL)."""
+    engine = create_engine(conn_string, pool_size=2, connect_args={"timeout": timeout})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+    return engine
+
+
+class _InFolder:
+    """Configured by ``base_dir``, as Dagster's SQLite storages are."""
+
+    @classmethod
+    def config_type(cls) -> Mapping[str, Any]:
+        return {"base_dir": StringSource}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> Any:
+        return cls.in_folder(config_value["base_dir"], inst_data)
+
+    @classmethod
+    def in_folder(cls, base_dir: str, inst_data: ConfigurableClassData | None) -> Any:
+        raise NotImplementedError
+
+
+class RunStorage(_InFolder, SqliteRunStorage):
+    """Dagster's SQLite run storage (``history/runs.db``), one pooled engine a process."""
+
+    def __init__(self, conn_string: str, inst_data: ConfigurableClassData | None = None):
+        super().__init__(conn_string, inst_data)
+        # sqlite3's own default busy timeout, as Dagster's run storage uses.
+        self._engine = _engine(conn_string, timeout=5.0)
+
+    @classmethod
+    def in_folder(cls, base_dir: str, inst_data: ConfigurableClassData | None) -> RunStorage:
+        with creating(base_dir, "runs.db"):
+            return created(lambda: cls.from_local(base_dir, inst_data=inst_data))
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    def dispose(self) -> None:
+        self._engine.dispose()
+        super().dispose()
+
+
+class EventLogStorage(_InFolder, SqliteEventLogStorage):
+    """Dagster's SQLite event log (``history/runs/<run id>.db`` and ``index.db``)."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._engines_lock = threading.Lock()
+        self._template: str | None = None
+        # Dagster creates index.db here when the file is missing (a second process seeing the
+        # file another one is still creating skipped straight to using it).
+        with creating(os.path.abspath(base_dir), f"{INDEX_SHARD_NAME}.db"):
+            created(lambda: super(EventLogStorage, self).__init__(base_dir, inst_data))
+
+    @classmethod
+    def in_folder(cls, base_dir: str, inst_data: ConfigurableClassData | None) -> EventLogStorage:
+        return cls(base_dir, inst_data)
+
+    def _shard_engine(self, shard: str) -> Engine:
+        with self._engines_lock:
+            engine = self._engines.get(shard)
+            if engine is not None:
+                self._engines.move_to_end(shard)
+                return engine
+            engine = _engine(self.conn_string_for_shard(shard), SQLITE_BUSY_TIMEOUT_SECONDS)
+            self._engines[shard] = engine
+            runs = [name for name in self._engines if name != INDEX_SHARD_NAME]
+            for name in runs[: max(0, len(runs) - MAX_SHARD_ENGINES)]:
+                self._engines.pop(name).dispose()
+            return engine
+
+    def _empty_shard(self) -> str:
+        """An empty run database made by Dagster's own initialisation, once a process."""
+        if self._template is None:
+            folder = tempfile.mkdtemp(prefix="genoflow-shard-")
+            weakref.finalize(self, shutil.rmtree, folder, True)
+            engine = create_engine(create_db_conn_string(folder, "empty"), poolclass=NullPool)
+            self._initdb(engine)
+            engine.dispose()
+            self._template = os.path.join(folder, "empty.db")
+        return self._template
+
+    def _create_shard(self, shard: str) -> bool:
+        """Create a new run's database as a copy of the empty one; False if it exists."""
+        path = self.path_for_shard(shard)
+        if shard == INDEX_SHARD_NAME or os.path.exists(path):
+            return False
+        partial = f"{path}.{os.getpid()}.{threading.get_ident()}.partial"
+        shutil.copyfile(self._empty_shard(), partial)
+        try:
+            os.link(partial, path)  # never over a database another process just created
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(partial)
+        return True
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        with self._db_lock:
+            engine = self._shard_engine(shard)
+            if shard not in self._initialized_dbs:
+                if not self._create_shard(shard):
+                    self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def _dispose_engines(self) -> None:
+        with self._engines_lock:
+            while self._engines:
+                self._engines.popitem()[1].dispose()
+
+    def wipe(self) -> None:
+        self._dispose_engines()  # no pooled connection to a database about to be deleted
+        super().wipe()
+
+    def dispose(self) -> None:
+        self._dispose_engines()
+        super().dispose()
+
+
+class ScheduleStorage(_InFolder, SqliteScheduleStorage):
+    """Dagster's SQLite schedule storage (``schedules/schedules.db``), created under the lock."""
+
+    @classmethod
+    def in_folder(cls, base_dir: str, inst_data: ConfigurableClassData | None) -> ScheduleStorage:
+        with creating(base_dir, "schedules.db"):
+            return created(lambda: cls.from_local(base_dir, inst_data=inst_data))
