@@ -50,6 +50,30 @@ def test_a_wrong_size_drops_only_its_own_row_and_names_its_line(
     assert f"the file {tmp_path / 'a.bed'} has {SIZE} bytes" in error.reason
 
 
+def test_a_file_outside_the_allowed_roots_is_never_looked_at_to_settle_a_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its size would tell a reader of the error something about a file they may not read."""
+    monkeypatch.delenv("GENOFLOW_ALLOWED_ROOTS", raising=False)
+    outside = tmp_path / "private"
+    outside.mkdir()
+    secret = outside / "secret.bed"
+    secret.write_bytes(BED * 3)
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    rows = [f"a.bed\t{secret}\t{MD5}\t{SIZE}", f"b.bed\thttps://h.org/b.bed\t{MD5}\t{3 * SIZE}"]
+    path = _tsv(folder, "name\turi\tmd5\tsize", *rows)
+
+    manifest = read_manifest(path)
+
+    assert manifest.rows == []  # a tie nothing may settle: both rows dropped
+    assert all("the file" not in error.reason for error in manifest.errors)
+    assert all(str(secret) not in error.reason for error in manifest.errors)
+    monkeypatch.setenv("GENOFLOW_ALLOWED_ROOTS", str(outside))
+    [row] = read_manifest(path).rows  # inside the allowed roots, the file settles it
+    assert (row.name, row.size) == ("b.bed", 3 * SIZE)
+
+
 @pytest.mark.parametrize("wrong_first", [True, False], ids=["wrong-row-first", "wrong-row-last"])
 def test_a_conflicting_format_drops_only_its_own_row_by_the_same_rule(
     tmp_path: Path, wrong_first: bool

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from genoflow.core.errors import GenoflowError, ManifestError
 from genoflow.core.formats import FAMILY, FORMATS, Family, format_from_name, normalize_format
+from genoflow.core.settings import ConfigError, Settings
 from genoflow.manifests.records import REQUIRED, Record, load_records
 from genoflow.manifests.uris import (
     URI_RESOLVERS,
@@ -424,7 +425,7 @@ def _stat_sizes(group: list[ManifestRow]) -> Evidence:
     """Sizes of the group's local replicas, from ``stat`` (never opened: a FIFO cannot block)."""
     shown: Evidence = {}
     for row in group:
-        if not row.uri.startswith("/"):
+        if not row.uri.startswith("/") or not _inside_allowed_roots(row):
             continue
         try:
             info = os.stat(row.uri)
@@ -433,6 +434,22 @@ def _stat_sizes(group: list[ManifestRow]) -> Evidence:
         if stat.S_ISREG(info.st_mode):
             shown.setdefault(info.st_size, {})[row] = f"the file {row.uri} has"
     return shown
+
+
+def _inside_allowed_roots(row: ManifestRow) -> bool:
+    """Whether the row's local file resolves inside the roots staging may read it from
+    (``GENOFLOW_ALLOWED_ROOTS``, else the manifest's folder): a file outside them is never
+    looked at, so no message can tell its size."""
+    try:
+        roots = Settings.from_env().roots_for(row.manifest)
+    except ConfigError:
+        roots = (Path(row.manifest).resolve().parent,)
+    real = Path(os.path.realpath(row.uri))
+    return any(real == root or root in real.parents for root in map(_real, roots))
+
+
+def _real(root: Path) -> Path:
+    return Path(os.path.realpath(root))
 
 
 def _named_formats(group: list[ManifestRow]) -> Evidence:
