@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, instance_for_test, materialize
 
-from genoflow.build import steps as pipeline
 from genoflow.build.steps import key_for
 from genoflow.defs.assets import family_assets, family_checks
 from genoflow.defs.io_manager import ArtifactIOManager
 from genoflow.defs.partitions import PARTITIONS
 from genoflow.defs.resources import GenoflowResource
 from genoflow.manifests.reading import read_manifest
+from genoflow.processors import intervals
+from genoflow.storage import staging
 from genoflow.storage.gcs import make_filesystem
 from genoflow.storage.registry import Registry
 
@@ -65,9 +66,9 @@ def test_a_second_deployment_gets_every_artifact_by_transfer(tmp_path, shared, m
         instance.add_dynamic_partitions(PARTITIONS["intervals"].name, [shared["md5"]])
         first = _run(tmp_path / "a", "site-a", shared["md5"], instance, monkeypatch)
         # Node B may only transfer: staging, sorting and indexing all fail if called.
-        monkeypatch.setattr(pipeline.staging, "stage", _forbid)
-        monkeypatch.setattr(pipeline.intervals, "sort_intervals", _forbid)
-        monkeypatch.setattr(pipeline.intervals, "index_intervals", _forbid)
+        monkeypatch.setattr(staging, "stage", _forbid)
+        monkeypatch.setattr(intervals, "sort_intervals", _forbid)
+        monkeypatch.setattr(intervals, "index_intervals", _forbid)
         second = _run(tmp_path / "b", "site-b", shared["md5"], instance, monkeypatch)
     assert first.success and second.success
     assert {_cache_status(first, a) for a in ("source", "sorted", "index")} == {"miss"}

@@ -2,8 +2,9 @@
 
 Every ``build_*`` function returns the published :class:`Artifact` on a cache hit (a metadata
 read, nothing re-sorted) or a :class:`Built` draft that :func:`publish` makes visible. A failure
-discards the draft, so nothing half-written is ever published. No Dagster here: the asset
-bodies call these functions and the IO manager calls :func:`publish`.
+discards the draft, so nothing half-written is ever published. What differs between families is
+asked of the family object (:mod:`genoflow.build.families`), never branched on here. No Dagster
+here: the asset bodies call these functions and the IO manager calls :func:`publish`.
 """
 
 from __future__ import annotations
@@ -12,37 +13,50 @@ import errno
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from genoflow.core import formats
+from genoflow.build import sources
+from genoflow.build.families import (
+    CHAINS,
+    CHECKS,
+    FAMILIES,
+    Family,
+    chain_version,
+    family_named,
+    job_name,
+    key_for,
+    version_of,
+)
 from genoflow.core.checksums import md5_file
+from genoflow.core.errors import StorageError
 from genoflow.core.settings import Settings
-from genoflow.core.errors import GenoflowError, SourceError, StorageError, redact
-from genoflow.processors import alignments
-from genoflow.processors import intervals
 from genoflow.processors.base import Result, SortCheck, tool_versions
-from genoflow.storage import staging
 from genoflow.storage.cache import Artifact, Draft, FileEntry, content_checksum
 from genoflow.storage.layout import ArtifactKey
 from genoflow.storage.registry import SourceRow
 
-SOURCE_VERSION = "1"
-CHAINS: dict[str, tuple[str, ...]] = {
-    "alignments": ("source", "sorted", "index"),
-    "intervals": ("source", "sorted", "index"),
-    "passthrough": ("source",),
-}
-_PROCESSORS = {"alignments": alignments, "intervals": intervals}
-# The asset check of each asset (``genoflow/defs/assets/checks.py``), named ``asset:check`` in outcomes.
-CHECKS: dict[str, str] = {
-    "source": "md5_and_size_match_manifest",
-    "sorted": "records_preserved_and_ordered",
-    "index": "answers_region_queries",
-}
+# The chain facts live in genoflow.build.families; they stay importable from here.
+__all__ = [
+    "CHAINS",
+    "CHECKS",
+    "FAMILIES",
+    "Built",
+    "Store",
+    "build_index",
+    "build_sorted",
+    "build_source",
+    "chain_version",
+    "check_order",
+    "job_name",
+    "key_for",
+    "publish",
+    "query_regions",
+    "version_of",
+]
 
 
 class Store(Protocol):
@@ -52,28 +66,6 @@ class Store(Protocol):
     def discard(self, draft: Draft) -> None: ...
     def publish(self, draft: Draft, **kwargs: Any) -> Artifact: ...
     def workdir(self, label: str) -> AbstractContextManager[Path]: ...
-
-
-def version_of(family: str, asset: str) -> str:
-    """The processor version (Dagster ``code_version``) of one asset of one family."""
-    if asset == "source":
-        return SOURCE_VERSION
-    module = _PROCESSORS[family]
-    return module.SORT_VERSION if asset == "sorted" else module.INDEX_VERSION
-
-
-def job_name(family: str) -> str:
-    """The Dagster job that builds a family's whole chain for one md5."""
-    return f"{family}_chain"
-
-
-def chain_version(family: str) -> str:
-    """The code versions of a family's chain, e.g. ``source1.sorted1.index1``."""
-    return ".".join(f"{asset}{version_of(family, asset)}" for asset in CHAINS[family])
-
-
-def key_for(family: str, md5: str, asset: str) -> ArtifactKey:
-    return ArtifactKey(family, md5, asset, version_of(family, asset))
 
 
 @dataclass
@@ -125,6 +117,11 @@ def _build(
     stage: str,
     name: str,
 ) -> Artifact | Built:
+    """The published artifact of ``key``, or a draft that ``make`` filled (never half-written).
+
+    ``make`` writes into the draft and names its processor and details; any failure discards
+    the draft, and a full disk becomes a :class:`StorageError` naming the stage and the file.
+    """
     found = cache.begin(key)
     if isinstance(found, Artifact):
         return found
@@ -164,118 +161,24 @@ def build_source(
     for row in rows:
         roots.setdefault(row.uri, settings.roots_for(row.manifest))
     key = key_for(first.family, md5, "source")
-    size = next((row.size for row in rows if row.size is not None), None)
 
     def make(draft: Draft) -> tuple[str, dict[str, Any]]:
-        staged, uri = staging.stage(
-            replica_order(full_uri(row) for row in rows),
-            draft.dir / "staged",
-            md5=md5,
-            size=size,
-            name=first.name,
-            roots=roots,
-        )
-        fmt = formats.detect(staged, name=first.name, declared=first.format)
-        sniffed = formats.sniff(staged)
-        if sniffed.container == "bgzf":
-            formats.verify_bgzf_complete(staged, name=first.name, stage="stage")
-        final = draft.dir / _staged_name(fmt, sniffed.container)
-        staged.rename(final)
-        details = {
-            "files": [final.name],
-            "format": fmt,
-            "family": first.family,
-            "container": sniffed.container,
-            "names": sorted({row.name for row in rows}),
-            "manifest_rows": [f"{row.manifest}:{row.line}" for row in rows],
-            "staged_from": redact(uri),
-            "size": final.stat().st_size,
-        }
-        return "genoflow.storage.staging.stage", details
+        return sources.stage_rows(rows, draft.dir, md5=md5, roots=roots)
 
     return _build(cache, key, make, stage="stage", name=first.name)
-
-
-def full_uri(row: SourceRow) -> str:
-    """A row's URI with its token: the registry keeps only ``https://host/path?…``.
-
-    The token lives in the manifest alone, so it is read back from the manifest line the row
-    was registered from.
-
-    Raises:
-        SourceError: the manifest no longer lists that row.
-    """
-    if not row.uri.endswith("?…"):
-        return row.uri
-    from genoflow.manifests.reading import read_manifest
-
-    try:
-        rows = read_manifest(row.manifest).rows
-    except GenoflowError as exc:
-        raise SourceError(
-            f"its signed URL is kept only in {row.manifest}, which cannot be read: {exc.message}",
-            file=row.name,
-            hint="restore the manifest, or run it again with a fresh URL",
-        ) from None
-    for candidate in rows:
-        same = (candidate.line, candidate.name, candidate.md5) == (row.line, row.name, row.md5)
-        if same and redact(candidate.uri) == row.uri:
-            return candidate.uri
-    raise SourceError(
-        f"its signed URL is kept only in {row.manifest}, which no longer lists it at line "
-        f"{row.line}",
-        file=row.name,
-        hint="run the manifest that lists it again",
-    )
-
-
-def replica_order(uris: Iterable[str]) -> list[str]:
-    """Distinct source URIs, cheapest first: local files, then gs://, then http(s)://."""
-    rank = {"gs": 1, "http": 2, "https": 2}
-    distinct = list(dict.fromkeys(uris))
-    return sorted(
-        distinct, key=lambda uri: rank.get(uri.split("://", 1)[0], 0) if "://" in uri else 0
-    )
-
-
-def _staged_name(fmt: str, container: str) -> str:
-    suffix = formats.FORMAT_SUFFIX[fmt]
-    if fmt != "bam" and container in ("gzip", "bgzf"):
-        suffix += ".gz"
-    return f"source.{suffix}"
 
 
 def build_sorted(cache: Store, source: Artifact, settings: Settings) -> Artifact | Built:
     """Sort (and for alignments convert to BAM) and BGZF-compress the staged source."""
     family, fmt, name = _facts(source)
-    key = key_for(family, source.key.md5, "sorted")
+    key = key_for(family.name, source.key.md5, "sorted")
 
     def make(draft: Draft) -> tuple[str, dict[str, Any]]:
         with cache.workdir(f"{source.key.md5}-sorted") as work:
-            if family == "alignments":
-                result = alignments.sort_alignments(
-                    source.main,
-                    draft.dir,
-                    work_dir=work,
-                    memory=settings.sort_memory,
-                    threads=settings.threads,
-                    name=name,
-                    max_expansion=settings.max_expansion,
-                )
-                processor = "genoflow.processors.alignments.sort_alignments"
-            else:
-                result = intervals.sort_intervals(
-                    source.main,
-                    draft.dir,
-                    fmt=fmt,
-                    work_dir=work,
-                    memory=settings.sort_memory,
-                    threads=settings.threads,
-                    name=name,
-                    max_expansion=settings.max_expansion,
-                )
-                processor = "genoflow.processors.intervals.sort_intervals"
-        return processor, _details(result, source)
+            result = family.sort(
+                source.main, draft.dir, fmt=fmt, work_dir=work, settings=settings, name=name
+            )
+        return family.processors["sorted"], _details(result, source)
 
     return _build(cache, key, make, source, stage="sort", name=name)
 
@@ -283,27 +186,23 @@ def build_sorted(cache: Store, source: Artifact, settings: Settings) -> Artifact
 def build_index(cache: Store, sorted_: Artifact, settings: Settings) -> Artifact | Built:
     """Index the sorted artifact; the index folder holds the data file beside its index."""
     family, fmt, name = _facts(sorted_)
-    key = key_for(family, sorted_.key.md5, "index")
+    key = key_for(family.name, sorted_.key.md5, "index")
 
     def make(draft: Draft) -> tuple[str, dict[str, Any]]:
-        if family == "alignments":
-            result = alignments.index_alignments(
-                sorted_.main, draft.dir, threads=settings.threads, name=name
-            )
-            processor = "genoflow.processors.alignments.index_alignments"
-        else:
-            result = intervals.index_intervals(sorted_.main, draft.dir, fmt=fmt, name=name)
-            processor = "genoflow.processors.intervals.index_intervals"
-        return processor, _details(result, sorted_)
+        result = family.index(sorted_.main, draft.dir, fmt=fmt, settings=settings, name=name)
+        return family.processors["index"], _details(result, sorted_)
 
     return _build(cache, key, make, sorted_, stage="index", name=name)
 
 
-def _facts(artifact: Artifact) -> tuple[str, str, str]:
-    return artifact.key.family, artifact.marker.details["format"], artifact.marker.names[0]
+def _facts(artifact: Artifact) -> tuple[Family, str, str]:
+    """The artifact's family object, its format and the first name it is known by."""
+    family = family_named(artifact.key.family)
+    return family, artifact.marker.details["format"], artifact.marker.names[0]
 
 
 def _details(result: Result, upstream: Artifact) -> dict[str, Any]:
+    """A built artifact's marker details: its files and counts, the rest inherited upstream."""
     inherited = upstream.marker
     return {
         "files": [Path(path).name for path in result.files],
@@ -319,14 +218,10 @@ def _details(result: Result, upstream: Artifact) -> dict[str, Any]:
 def check_order(sorted_: Artifact) -> SortCheck:
     """Re-read a sorted artifact and prove its order and record count."""
     family, fmt, name = _facts(sorted_)
-    if family == "alignments":
-        return alignments.check_sorted(sorted_.main, name=name)
-    return intervals.check_sorted(sorted_.main, fmt=fmt, name=name)
+    return family.check_order(sorted_.main, fmt=fmt, name=name)
 
 
 def query_regions(index: Artifact) -> dict[str, int]:
     """Run one region query per contig through an index artifact; contig → records."""
     family, fmt, name = _facts(index)
-    if family == "alignments":
-        return alignments.query_index(index.path, name=name)
-    return intervals.query_index(index.path, fmt=fmt, name=name)
+    return family.query_regions(index.path, fmt=fmt, name=name)

@@ -139,8 +139,9 @@ def _index_check(family: str) -> AssetChecksDefinition:
     return index_check
 
 
+_CHECK_OF_ASSET = {"source": _source_check, "sorted": _sorted_check, "index": _index_check}
+
+
 def family_checks(family: str) -> list[AssetChecksDefinition]:
-    """The checks of one family's chain."""
-    if CHAINS[family] == ("source",):
-        return [_source_check(family)]
-    return [_source_check(family), _sorted_check(family), _index_check(family)]
+    """The checks of one family's chain: one per asset, in chain order."""
+    return [_CHECK_OF_ASSET[asset](family) for asset in CHAINS[family]]

@@ -13,6 +13,7 @@ from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, DataVersio
 
 from genoflow.build.steps import (
     CHAINS,
+    FAMILIES,
     Built,
     build_index,
     build_sorted,
@@ -27,18 +28,6 @@ from genoflow.defs.partitions import PARTITIONS
 from genoflow.defs.resources import GenoflowResource
 from genoflow.storage.cache import Artifact
 from genoflow.storage.node import Node
-
-DESCRIPTIONS = {
-    "source": "The source file staged from its best replica, md5- and size-verified.",
-    "sorted": {
-        "alignments": "Coordinate-sorted BAM (SO:coordinate, unmapped reads last).",
-        "intervals": "Records sorted by contig then start, BGZF-compressed, header on top.",
-    },
-    "index": {
-        "alignments": "The sorted BAM with its BAI (or CSI for contigs ≥ 2^29 bp).",
-        "intervals": "The sorted BGZF file with its tabix TBI (or CSI for positions ≥ 2^29).",
-    },
-}
 
 
 def _output(
@@ -63,14 +52,13 @@ def _output(
 
 
 def _spec(family: str, asset_name: str) -> dict:
-    description = DESCRIPTIONS[asset_name]
     return {
         "key": [family, asset_name],
         "partitions_def": PARTITIONS[family],
         "group_name": family,
         "io_manager_key": "artifact_io_manager",
         "code_version": version_of(family, asset_name),
-        "description": description if isinstance(description, str) else description[family],
+        "description": FAMILIES[family].descriptions[asset_name],
         # Formats are kinds (tags the UI filters by, as `kind:vcf`); one asset holds several.
         "tags": {tags.FAMILY: family, tags.ASSET: asset_name},
         "kinds": set(family_formats(family)),
