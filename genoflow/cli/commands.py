@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the artifacts of registered sources")
     status.add_argument("select", nargs="*", help="names or md5s (default: every source)")
     status.add_argument("--json", action="store_true", help="print JSON (a list of objects)")
+    status.add_argument(
+        "--table",
+        type=Path,
+        metavar="FILE",
+        help="write one row per (md5, asset) to FILE: .csv, .tsv, or .parquet (needs pyarrow)",
+    )
     verify = commands.add_parser("verify", help="check every registered replica")
     verify.add_argument("--repair", action="store_true", help="restore bad replicas from good ones")
     verify.add_argument("--quick", action="store_true", help="sizes only, no checksums")
@@ -85,7 +91,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
         return cmd_run(args.manifests, settings, jobs=args.jobs, as_json=args.json)
     if args.command == "status":
-        return cmd_status(args.select, settings, as_json=args.json)
+        return cmd_status(args.select, settings, as_json=args.json, table=args.table)
     if args.command == "verify":
         return cmd_verify(settings, repair=args.repair, full=not args.quick)
     if args.command == "backfill":
@@ -191,21 +197,47 @@ def _open_instance(settings: Settings) -> Any:
         ) from None
 
 
-def cmd_status(select: Sequence[str], settings: Settings, *, as_json: bool) -> int:
-    """Print each registered source's artifacts (``--json``: the documented list shape)."""
+def cmd_status(
+    select: Sequence[str], settings: Settings, *, as_json: bool, table: Path | None = None
+) -> int:
+    """Print each registered source's artifacts (``--json``: the documented list shape).
+
+    With ``table``, write them to that file as one row per (md5, asset) instead of printing
+    the human table (``--json`` still prints); a table that cannot be written is one line and
+    exit status 2, checked before any work where it can be (the suffix, a Parquet engine).
+    """
+    from genoflow.cli.table import table_format, write_status_table
     from genoflow.storage.node import open_node
 
+    try:
+        if table is not None:
+            table_format(table)
+    except GenoflowError as exc:
+        return _refused(exc)
     if settings.registry_url is None and not settings.registry_path.exists():
         records = []
     else:
         with open_node(settings) as node:
             records = status_records(node.dm.registry.rows(), node, select)
-    print_status(records, as_json=as_json)
+    if table is not None:
+        try:
+            rows = write_status_table(records, table)
+        except GenoflowError as exc:
+            return _refused(exc)
+        print(f"wrote {rows} rows to {table}", file=sys.stderr)
+    if table is None or as_json:
+        print_status(records, as_json=as_json)
     missing = set(select) - {r["name"] for r in records} - {r["md5"] for r in records}
     if missing:
         print(f"genoflow: not registered: {', '.join(sorted(missing))}", file=sys.stderr)
         return 1
     return 0
+
+
+def _refused(exc: GenoflowError) -> int:
+    """A command-line value genoflow cannot use: its one line on stderr, exit status 2."""
+    print(f"genoflow: {exc}", file=sys.stderr)
+    return 2
 
 
 def cmd_verify(settings: Settings, *, repair: bool, full: bool) -> int:

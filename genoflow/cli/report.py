@@ -200,18 +200,32 @@ def print_status(records: Sequence[dict], *, as_json: bool) -> None:
     print(_table(header, rows))
 
 
+def asset_state(artifact: dict[str, Any] | None) -> str:
+    """One word for a status record's asset: ``missing`` (never built), ``failed_check`` (a
+    check's latest verdict failed), ``here`` (whole in this node's cache), ``invalid`` (every
+    copy registered INVALID) or ``elsewhere`` (only other locations hold a valid copy)."""
+    if not artifact:
+        return "missing"
+    if artifact.get("failed_checks"):
+        return "failed_check"
+    if artifact["valid"]:
+        return "here"
+    if all(r["type"] == "INVALID" for r in artifact["replicas"]):
+        return "invalid"  # no valid copy anywhere: `genoflow verify --repair` rebuilds it
+    return "elsewhere"
+
+
 def _cell(assets: dict[str, Any], asset: str) -> str:
     if asset not in assets:
         return "-"
     artifact = assets[asset]
-    if not artifact:
+    state = asset_state(artifact)
+    if artifact is None or state == "missing":
         return "missing"
-    copies = len(artifact["replicas"])
-    if artifact.get("failed_checks"):
+    if state == "failed_check":
         return f"v{artifact['version']} FAILED check {','.join(artifact['failed_checks'])}"
-    where = "here" if artifact["valid"] else "elsewhere"
-    if not artifact["valid"] and all(r["type"] == "INVALID" for r in artifact["replicas"]):
-        where = "INVALID"  # no valid copy anywhere: `genoflow verify --repair` rebuilds it
+    where = "INVALID" if state == "invalid" else state
+    copies = len(artifact["replicas"])
     return f"v{artifact['version']} {where} ({copies} replica{'s' if copies != 1 else ''})"
 
 
