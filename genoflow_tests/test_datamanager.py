@@ -24,6 +24,7 @@ from genoflow.storage.registry import artifacts as artifact_table
 from genoflow.storage.registry import replicas as replica_table
 from genoflow.storage.replicas import ReplicaState
 from genoflow.storage.transfer import BadReplica
+from genoflow.storage.upkeep import ReplicaUpkeep
 from genoflow_tests.support.artifacts import (
     FILES,
     KEY,
@@ -110,7 +111,7 @@ def test_the_artifact_row_records_the_facts_of_its_marker(
 ) -> None:
     manager.register_path(lab, RELPATH, RELPATH)
 
-    with manager.registry.engine.begin() as connection:
+    with manager.context.registry.engine.begin() as connection:
         row = connection.execute(sa.select(artifact_table)).one()
     facts = (row.key, row.source_md5, row.asset, row.version, row.processor, row.size)
     size = sum(len(data) for data in FILES.values())
@@ -122,7 +123,7 @@ def test_register_path_twice_keeps_one_replica(manager: DataManager, lab: LocalL
     manager.register_path(lab, RELPATH, RELPATH)
     manager.register_path(lab, RELPATH, RELPATH)
 
-    assert len(manager.all_replicas(readable=False)) == 1
+    assert len(ReplicaUpkeep(manager).all_replicas(readable=False)) == 1
 
 
 def test_register_path_refuses_a_folder_without_its_marker(
@@ -132,7 +133,7 @@ def test_register_path_refuses_a_folder_without_its_marker(
 
     with pytest.raises(BadReplica, match=r"no genoflow\.json"):
         manager.register_path(lab, RELPATH, RELPATH)
-    assert manager.all_replicas(readable=False) == []
+    assert ReplicaUpkeep(manager).all_replicas(readable=False) == []
 
 
 def test_register_path_refuses_another_build_of_a_registered_artifact(
@@ -170,7 +171,7 @@ def test_get_data_locations_filters_by_deployment_location_and_kind(
         "bucket",
         "mirror",
     ]
-    assert manager.get_data_locations(RELPATH, location="bucket") == [bucket]
+    assert manager.get_data_locations(RELPATH, location_name="bucket") == [bucket]
     assert [r.location for r in manager.get_data_locations(RELPATH, location_type="https")] == [
         "mirror"
     ]
@@ -187,7 +188,7 @@ def test_invalid_replicas_are_never_returned(manager: DataManager, lab: LocalLoc
 
 
 def test_pending_replicas_are_never_returned(manager: DataManager, lab: LocalLocation) -> None:
-    with manager.registry.engine.begin() as connection:
+    with manager.context.registry.engine.begin() as connection:
         replicas.begin_pending(
             connection,
             artifact_id=replicas.ensure_artifact(connection, RELPATH, None),
@@ -246,7 +247,7 @@ def test_register_relation_records_the_link_target(
 
     manager.register_relation(primary, link)
 
-    assert manager.get_data_locations(RELPATH, location="link")[0].link_target == primary.id
+    assert manager.get_data_locations(RELPATH, location_name="link")[0].link_target == primary.id
 
 
 def source_setup(tmp_path: Path, manager: DataManager) -> dict[str, str]:
@@ -283,7 +284,8 @@ def test_source_is_the_cheapest_primary_when_nothing_is_local(
     source_setup(tmp_path, manager)
     manager.invalidate_location(local(tmp_path, "node-cache", "hpc"), RELPATH)
 
-    assert [r.location for r in manager.sources(RELPATH, "elsewhere")] == ["bucket", "mirror"]
+    sources = ReplicaUpkeep(manager).sources(RELPATH, "elsewhere")
+    assert [r.location for r in sources] == ["bucket", "mirror"]
 
 
 def test_a_link_on_another_node_is_never_a_source(tmp_path: Path, lab: LocalLocation) -> None:
@@ -313,7 +315,8 @@ def test_a_source_this_node_cannot_reach_comes_after_the_reachable_ones(
     near = DataManager(tmp_path / "registry.sqlite", workdir=tmp_path / "work")
     near.register_path(lab, RELPATH, RELPATH)
 
-    assert [r.location for r in near.sources(RELPATH, "cloud")] == ["lab-cache", "far-bucket"]
+    sources = ReplicaUpkeep(near).sources(RELPATH, "cloud")
+    assert [r.location for r in sources] == ["lab-cache", "far-bucket"]
     near.close()
 
 
@@ -364,7 +367,7 @@ def test_transfer_to_an_object_store_registers_a_verified_primary(
 
     assert copy.data_type is DataType.PRIMARY
     assert copy.generation == bucket.stat(f"{RELPATH}/{MARKER}").generation
-    assert manager.verify(copy) == []
+    assert ReplicaUpkeep(manager).verify(copy) == []
 
 
 def test_transfer_to_several_destinations_registers_each_copy(
@@ -379,7 +382,7 @@ def test_transfer_to_several_destinations_registers_each_copy(
         ("bucket", "mirrored/copy"),
         ("node", "mirrored/copy"),
     ]
-    assert [manager.verify(c) for c in copies] == [[], []]
+    assert [ReplicaUpkeep(manager).verify(c) for c in copies] == [[], []]
 
 
 def test_transfer_of_a_source_corrupted_after_its_marker_registers_and_leaves_nothing(
@@ -434,7 +437,7 @@ def test_a_marker_another_writer_published_first_is_verified_and_registered(
     [copy] = manager.transfer_data(lab, RELPATH, [bucket], RELPATH)
 
     assert (copy.location, copy.data_type, copy.state) == ("bucket", DataType.PRIMARY, "available")
-    assert manager.verify(copy) == []
+    assert ReplicaUpkeep(manager).verify(copy) == []
 
 
 def test_transfer_adopts_an_identical_unregistered_copy_at_the_destination(
@@ -458,7 +461,7 @@ def test_transfer_replaces_a_damaged_unregistered_copy_at_the_destination(
 
     [copy] = manager.transfer_data(lab, RELPATH, [bucket], RELPATH)
 
-    assert manager.verify(copy) == []
+    assert ReplicaUpkeep(manager).verify(copy) == []
 
 
 def test_transfer_refuses_to_replace_another_sound_build_at_the_destination(
@@ -488,7 +491,7 @@ def test_fetch_falls_back_to_the_next_replica_and_invalidates_the_corrupt_one(
     flip_last_byte(lab.path(RELPATH) / "peaks.bed.gz")
     node = local(tmp_path, "node", "lab")  # the corrupt cache is on its deployment: tried first
 
-    copy = manager.fetch(RELPATH, node)
+    copy = ReplicaUpkeep(manager).fetch(RELPATH, node)
 
     assert Cache(node.root).lookup(KEY).verify() == []
     assert copy.data_type is DataType.PRIMARY
@@ -506,7 +509,7 @@ def test_fetch_names_every_failed_source_when_none_verifies(
     bucket.delete(f"{RELPATH}/peaks.bed.gz.tbi")
 
     with pytest.raises(StorageError) as caught:
-        manager.fetch(RELPATH, local(tmp_path, "node", "hpc"))
+        ReplicaUpkeep(manager).fetch(RELPATH, local(tmp_path, "node", "hpc"))
     assert "lab-cache" not in caught.value.message  # names URIs, not location names
     assert str(lab.path(RELPATH)) in caught.value.message
     assert "store://bucket/" in caught.value.message
@@ -518,7 +521,7 @@ def test_fetch_returns_the_replica_already_at_the_destination(
 ) -> None:
     replica = manager.register_path(lab, RELPATH, RELPATH)
 
-    assert manager.fetch(RELPATH, lab) == replica
+    assert ReplicaUpkeep(manager).fetch(RELPATH, lab) == replica
 
 
 def test_fetch_copies_afresh_over_a_registered_destination_copy_whose_files_are_gone(
@@ -529,9 +532,9 @@ def test_fetch_copies_afresh_over_a_registered_destination_copy_whose_files_are_
     manager.transfer_data(lab, RELPATH, [bucket], RELPATH)
     bucket.delete(f"{RELPATH}/peaks.bed.gz")
 
-    copy = manager.fetch(RELPATH, bucket)
+    copy = ReplicaUpkeep(manager).fetch(RELPATH, bucket)
 
-    assert manager.verify(copy) == []
+    assert ReplicaUpkeep(manager).verify(copy) == []
 
 
 def test_verify_reports_a_file_whose_size_changed(manager: DataManager, lab: LocalLocation) -> None:
@@ -539,7 +542,7 @@ def test_verify_reports_a_file_whose_size_changed(manager: DataManager, lab: Loc
     with open(lab.path(RELPATH) / "peaks.bed.gz", "ab") as handle:
         handle.write(b"x")
 
-    problems = manager.verify(replica, full=False)
+    problems = ReplicaUpkeep(manager).verify(replica, full=False)
 
     size = len(FILES["peaks.bed.gz"])
     assert problems == [f"peaks.bed.gz has {size + 1} bytes, {MARKER} says {size}"]
@@ -551,8 +554,8 @@ def test_verify_without_full_misses_a_flipped_byte_that_full_finds(
     replica = manager.register_path(lab, RELPATH, RELPATH)
     flip_last_byte(lab.path(RELPATH) / "peaks.bed.gz")
 
-    assert manager.verify(replica, full=False) == []
-    assert manager.verify(replica)[0].startswith("peaks.bed.gz has md5")
+    assert ReplicaUpkeep(manager).verify(replica, full=False) == []
+    assert ReplicaUpkeep(manager).verify(replica)[0].startswith("peaks.bed.gz has md5")
 
 
 def test_verify_records_when_an_intact_replica_was_verified(
@@ -560,7 +563,7 @@ def test_verify_records_when_an_intact_replica_was_verified(
 ) -> None:
     replica = manager.register_path(lab, RELPATH, RELPATH)
 
-    assert manager.verify(replica) == []
+    assert ReplicaUpkeep(manager).verify(replica) == []
     assert manager.get_data_locations(RELPATH)[0].verified_at is not None
 
 
@@ -571,12 +574,12 @@ def test_repair_invalidates_a_bad_replica_and_restores_it_from_a_valid_one(
     manager.register_path(stored_in(store(tmp_path, "bucket", "cloud"), tmp_path), RELPATH, RELPATH)
     flip_last_byte(lab.path(RELPATH) / "peaks.bed.gz")
 
-    outcome = manager.repair(bad)
+    outcome = ReplicaUpkeep(manager).repair(bad)
 
     assert outcome.problems and outcome.restored is not None
     assert (outcome.restored.location, outcome.restored.path) == ("lab-cache", RELPATH)
     assert Cache(lab.root).lookup(KEY).verify() == []
-    assert manager.verify(outcome.restored) == []
+    assert ReplicaUpkeep(manager).verify(outcome.restored) == []
 
 
 def test_repair_with_no_valid_source_left_keeps_the_bad_copy_invalidated(
@@ -586,7 +589,7 @@ def test_repair_with_no_valid_source_left_keeps_the_bad_copy_invalidated(
     flip_last_byte(lab.path(RELPATH) / "peaks.bed.gz")
 
     with pytest.raises(StorageError, match="no valid replica is left"):
-        manager.repair(bad)
+        ReplicaUpkeep(manager).repair(bad)
     assert (lab.path(RELPATH) / "peaks.bed.gz").exists()
     assert every_replica(manager) == [("lab-cache", "INVALID", "available")]
 
@@ -595,7 +598,7 @@ def test_repair_without_restore_only_invalidates(manager: DataManager, lab: Loca
     bad = manager.register_path(lab, RELPATH, RELPATH)
     flip_last_byte(lab.path(RELPATH) / "peaks.bed.gz")
 
-    outcome = manager.repair(bad, restore=False)
+    outcome = ReplicaUpkeep(manager).repair(bad, restore=False)
 
     assert outcome.restored is None
     assert every_replica(manager) == [("lab-cache", "INVALID", "available")]
@@ -604,7 +607,7 @@ def test_repair_without_restore_only_invalidates(manager: DataManager, lab: Loca
 def test_repair_leaves_an_intact_replica_alone(manager: DataManager, lab: LocalLocation) -> None:
     replica = manager.register_path(lab, RELPATH, RELPATH)
 
-    assert manager.repair(replica).problems == []
+    assert ReplicaUpkeep(manager).repair(replica).problems == []
     assert manager.get_data_locations(RELPATH)[0].data_type is DataType.PRIMARY
 
 
@@ -633,11 +636,11 @@ def test_reclaim_deletes_the_pending_replica_and_partial_data_of_a_killed_writer
     writer.join()
     manager = DataManager(registry, workdir=tmp_path / "work")
     bucket = FolderStore("bucket", bucket_root, deployment="cloud")
-    manager.add_location(bucket)
+    manager.context.add_location(bucket)
     assert ("bucket", "PRIMARY", "pending") in every_replica(manager)
     assert bucket.objects() != []
 
-    reclaimed = manager.reclaim_pending()
+    reclaimed = ReplicaUpkeep(manager).reclaim_pending()
 
     assert [(r.location, r.owner) for r in reclaimed] == [
         ("bucket", f"{socket.gethostname()}:{writer.pid}")
@@ -648,7 +651,7 @@ def test_reclaim_deletes_the_pending_replica_and_partial_data_of_a_killed_writer
 
 
 def claim_pending(manager: DataManager, location: LocalLocation, path: str = RELPATH) -> None:
-    with manager.registry.engine.begin() as connection:
+    with manager.context.registry.engine.begin() as connection:
         replicas.begin_pending(
             connection,
             artifact_id=replicas.ensure_artifact(connection, RELPATH, None),
@@ -662,7 +665,7 @@ def test_reclaim_keeps_the_pending_replica_of_a_live_writer(
 ) -> None:
     claim_pending(manager, local(tmp_path, "node", "hpc"))
 
-    assert manager.reclaim_pending() == []
+    assert ReplicaUpkeep(manager).reclaim_pending() == []
     assert every_replica(manager) == [("node", "PRIMARY", "pending")]
 
 
@@ -671,13 +674,13 @@ def test_reclaim_deletes_a_pending_replica_of_another_host_only_once_it_is_old(
 ) -> None:
     claim_pending(manager, local(tmp_path, "node", "hpc"))
     old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
-    with manager.registry.engine.begin() as connection:
+    with manager.context.registry.engine.begin() as connection:
         connection.execute(
             sa.update(replica_table).values(owner="another-host:4242", updated_at=old)
         )
 
-    assert manager.reclaim_pending(max_age=3 * 3600) == []
-    assert len(manager.reclaim_pending(max_age=3600)) == 1
+    assert ReplicaUpkeep(manager).reclaim_pending(max_age=3 * 3600) == []
+    assert len(ReplicaUpkeep(manager).reclaim_pending(max_age=3600)) == 1
     assert every_replica(manager) == []
 
 
@@ -685,19 +688,19 @@ def test_reclaim_removes_a_dead_local_writers_temp_folder(
     tmp_path: Path, manager: DataManager
 ) -> None:
     node = local(tmp_path, "node", "hpc")
-    manager.add_location(node)
+    manager.context.add_location(node)
     claim_pending(manager, node)
     dead = (
         node.path(RELPATH).parent / f".v1.tmp.{socket.gethostname().split('.')[0]}.999999999.ab12"
     )
     dead.mkdir(parents=True)
     (dead / "peaks.bed.gz").write_bytes(b"partial")
-    with manager.registry.engine.begin() as connection:
+    with manager.context.registry.engine.begin() as connection:
         connection.execute(
             sa.update(replica_table).values(owner=f"{socket.gethostname()}:999999999")
         )
 
-    manager.reclaim_pending()
+    ReplicaUpkeep(manager).reclaim_pending()
 
     assert not dead.exists()
     assert every_replica(manager) == []
@@ -718,7 +721,7 @@ def test_concurrent_registration_from_several_processes_never_reports_a_locked_d
 
     assert sorted(outcomes) == [("ok", n) for n in range(PROCESSES)], outcomes
     manager = DataManager(registry, workdir=tmp_path / "work")
-    assert len(manager.all_replicas()) == 8 * (1 + PROCESSES)
+    assert len(ReplicaUpkeep(manager).all_replicas()) == 8 * (1 + PROCESSES)
     third = str(ArtifactKey("intervals", f"{3:032x}", "sorted", "1").relpath)
     assert len(manager.get_data_locations(third)) == 1 + PROCESSES
     manager.close()

@@ -242,7 +242,7 @@ def test_a_cache_folder_registered_invalid_is_absent_to_the_node_and_moved_aside
 
         assert node.lookup(key) is None
         assert not artifact.path.exists() and cache.lookup(key) is None
-        replica = node.dm.replica_at(node.local.name, key.relstr)
+        replica = node.upkeep.replica_at(node.local.name, key.relstr)
         assert replica is not None and replica.data_type is DataType.INVALID
     finally:
         node.close()

@@ -45,6 +45,7 @@ from genoflow.storage.gcs import GcsLocation
 from genoflow.storage.locations import LocalLocation
 from genoflow.storage.registry import Registry
 from genoflow.storage.registry import replicas as replica_table
+from genoflow.storage.upkeep import ReplicaUpkeep
 
 from .conftest import DATA
 from .support.artifacts import RELPATH, publish_artifact
@@ -723,14 +724,15 @@ def test_a_registry_row_naming_a_path_outside_its_location_is_never_followed(
     publish_artifact(tmp_path / "secret")
     with DataManager(tmp_path / "registry.db", workdir=tmp_path / "work") as manager:
         manager.register_path(lab, RELPATH, RELPATH)
-        with manager.registry.engine.begin() as connection:  # a hostile writer of the registry
+        # a hostile writer of the registry
+        with manager.context.registry.engine.begin() as connection:
             connection.execute(replica_table.update().values(path=f"../secret/{RELPATH}"))
         (replica,) = manager.get_data_locations(RELPATH)
         here = LocalLocation("here", tmp_path / "here", deployment="lab")
 
         with pytest.raises(StorageError, match="could escape"):
-            manager.verify(replica)
+            ReplicaUpkeep(manager).verify(replica)
         with pytest.raises(StorageError, match="no replica could be copied"):
-            manager.fetch(RELPATH, here)
+            ReplicaUpkeep(manager).fetch(RELPATH, here)
 
     assert not (tmp_path / "here").exists() or list((tmp_path / "here").rglob("*.gz")) == []

@@ -23,6 +23,7 @@ from genoflow.storage.layout import ArtifactKey
 from genoflow.storage.locations import DataType, LocalLocation
 from genoflow.storage.registry import Registry
 from genoflow.storage.registry import replicas as replica_table
+from genoflow.storage.upkeep import ReplicaUpkeep
 from genoflow_tests.support.artifacts import (
     RELPATH,
     every_replica,
@@ -153,7 +154,8 @@ def test_invalidation_cascades_to_links_and_hides_them(
     manager.invalidate_location(lab, RELPATH)
 
     assert manager.get_data_locations(RELPATH) == []
-    assert {r.id for r in manager.all_replicas(readable=False)} == {primary.id, link.id}
+    every = ReplicaUpkeep(manager).all_replicas(readable=False)
+    assert {r.id for r in every} == {primary.id, link.id}
 
 
 def test_fetch_falls_back_to_a_valid_replica_and_invalidates_the_corrupt_one(
@@ -163,9 +165,9 @@ def test_fetch_falls_back_to_a_valid_replica_and_invalidates_the_corrupt_one(
     [copy] = manager.transfer_data(lab, RELPATH, [store(tmp_path, "bucket", "cloud")], RELPATH)
     flip_last_byte(lab.path(RELPATH) / "peaks.bed.gz")
 
-    fetched = manager.fetch(RELPATH, local(tmp_path, "node", "lab"))
+    fetched = ReplicaUpkeep(manager).fetch(RELPATH, local(tmp_path, "node", "lab"))
 
-    assert manager.verify(fetched) == []
+    assert ReplicaUpkeep(manager).verify(fetched) == []
     assert [r.location for r in manager.get_data_locations(RELPATH)] == ["bucket", "node"]
     assert copy.location == "bucket"
 
@@ -175,13 +177,13 @@ def test_reclaim_deletes_an_old_pending_replica_of_another_host(
 ) -> None:
     manager.register_path(lab, RELPATH, RELPATH)
     old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
-    with manager.registry.engine.begin() as connection:
+    with manager.context.registry.engine.begin() as connection:
         connection.execute(
             sa.update(replica_table).values(state="pending", owner="another-host:1", updated_at=old)
         )
 
-    assert manager.reclaim_pending(max_age=3 * 3600) == []
-    assert len(manager.reclaim_pending(max_age=3600)) == 1
+    assert ReplicaUpkeep(manager).reclaim_pending(max_age=3 * 3600) == []
+    assert len(ReplicaUpkeep(manager).reclaim_pending(max_age=3600)) == 1
     assert every_replica(manager) == []
 
 
@@ -198,5 +200,5 @@ def test_concurrent_registration_from_several_processes_succeeds(
 
     assert sorted(outcomes) == [("ok", n) for n in range(PROCESSES)], outcomes
     manager = DataManager(registry_url, workdir=tmp_path / "work")
-    assert len(manager.all_replicas()) == 8 * (1 + PROCESSES)
+    assert len(ReplicaUpkeep(manager).all_replicas()) == 8 * (1 + PROCESSES)
     manager.close()

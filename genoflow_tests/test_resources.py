@@ -99,9 +99,9 @@ def test_the_resources_nodes_share_its_registry_and_leave_it_open(
 ) -> None:
     with GenoflowResource(home=str(tmp_path)) as genoflow:
         with genoflow.node() as node:
-            assert node.dm.registry is genoflow.registry()
+            assert node.dm.context.registry is genoflow.registry()
         with genoflow.node() as node:
-            assert node.dm.registry.rows() == []
+            assert node.dm.context.registry.rows() == []
         assert len(create_all_calls) == 1
         assert open_files(tmp_path / "registry.db"), "open until the resource is closed"
     assert open_files(tmp_path / "registry.db") == []

@@ -135,7 +135,7 @@ def cmd_run(paths: Sequence[Path], settings: Settings, *, jobs: int, as_json: bo
     cache = Cache(settings.cache_root)
     cache.sweep()
     with open_node(settings) as node:
-        node.dm.reclaim_pending()  # copies left half-written by killed runs
+        node.upkeep.reclaim_pending()  # copies left half-written by killed runs
     sources = manifest.sources()
     work = [(md5, rows[0].family) for md5, rows in sources.items()]
     recorded = recorded_up_to_date(settings.dagster_home, cache.lookup, work)
@@ -218,7 +218,7 @@ def cmd_status(
         records = []
     else:
         with open_node(settings) as node:
-            records = status_records(node.dm.registry.rows(), node, select)
+            records = status_records(node.dm.context.registry.rows(), node, select)
     if table is not None:
         try:
             rows = write_status_table(records, table)

@@ -11,11 +11,11 @@ from genoflow.build.steps import CHAINS, key_for
 from genoflow.core.errors import redact
 from genoflow.core.settings import Settings
 from genoflow.instance.run_history import Verdicts
-from genoflow.storage.datamanager import RepairOutcome
 from genoflow.storage.locations import DataType
 from genoflow.storage.node import Node
 from genoflow.storage.registry import SourceRow
 from genoflow.storage.replicas import ReplicaState
+from genoflow.storage.upkeep import RepairOutcome
 
 ASSETS = ("source", "sorted", "index")
 
@@ -104,7 +104,7 @@ def status_records(rows: Sequence[SourceRow], node: Node, select: Sequence[str])
     records: dict[tuple[str, str], dict[str, Any]] = {}
     # One query for every replica, not one per artifact: status stays fast with 100k sources.
     by_key: dict[str, list[Any]] = {}
-    for replica in node.dm.all_replicas(readable=False):
+    for replica in node.upkeep.all_replicas(readable=False):
         if replica.state is ReplicaState.AVAILABLE:
             by_key.setdefault(replica.relpath, []).append(replica)
     for row in rows:

@@ -173,10 +173,10 @@ def _copy(src: Path, dest: Path) -> None:
         raise
 
 
-def md5_of(path: Path) -> str:
+def md5_of(file: Path) -> str:
     """The md5 of a local file (for verifying a transfer on arrival)."""
     digest = hashlib.md5()
-    with open(path, "rb") as handle:
+    with open(file, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

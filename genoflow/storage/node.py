@@ -6,7 +6,7 @@ A :class:`Node` stands in for the :class:`Cache` wherever artifacts are built, a
 - after publishing, the artifact is registered as a PRIMARY replica of this deployment's cache
   and copied to every configured replica location (data first, marker last);
 - a cache folder whose replica is registered INVALID is never left in place: it is moved aside in
-  one rename and deleted (:meth:`DataManager.set_aside`), so the plain cache lookup that
+  one rename and deleted (:meth:`ReplicaUpkeep.set_aside`), so the plain cache lookup that
   ``genoflow run`` uses sees it absent and the rebuild publishes a fresh folder under the same
   name (a published folder is still never overwritten). The INVALID row stays until a rebuilt
   or restored copy is registered at that path.
@@ -22,11 +22,12 @@ from typing import Any
 from genoflow.core.errors import StorageError
 from genoflow.core.settings import Settings
 from genoflow.storage.cache import Artifact, Cache, Draft
-from genoflow.storage.datamanager import DataManager, NoValidReplica, RepairOutcome
+from genoflow.storage.datamanager import DataManager
 from genoflow.storage.layout import ArtifactKey
 from genoflow.storage.locations import DataType, LocalLocation, Location
 from genoflow.storage.registry import Registry
 from genoflow.storage.replicas import Replica, ReplicaState
+from genoflow.storage.upkeep import NoValidReplica, RepairOutcome, ReplicaUpkeep
 
 
 def install_readers() -> None:
@@ -75,6 +76,7 @@ class Node:
             workdir=settings.home / "work",
             locations=[self.local, *self.replicas],
         )
+        self.upkeep = ReplicaUpkeep(self.dm)
 
     def close(self) -> None:
         self.dm.close()
@@ -89,9 +91,9 @@ class Node:
         found = self.cache.lookup(key)
         if found is None:
             return None
-        replica = self.dm.replica_at(self.local.name, key.relstr)
+        replica = self.upkeep.replica_at(self.local.name, key.relstr)
         if replica is not None and replica.data_type is DataType.INVALID:
-            self.dm.set_aside(replica)
+            self.upkeep.set_aside(replica)
             return None
         return found
 
@@ -121,7 +123,7 @@ class Node:
         if not self.dm.get_data_locations(relpath):
             return None
         try:
-            self.dm.fetch(relpath, self.local, writable=True)
+            self.upkeep.fetch(relpath, self.local, writable=True)
         except StorageError:
             # No replica could be copied (each bad one is now invalidated): build it here.
             return None
@@ -134,11 +136,11 @@ class Node:
     def register(self, artifact: Artifact) -> None:
         """Record the local copy and make sure every replica location holds one too."""
         relpath = artifact.key.relstr
-        mine = self.dm.get_data_locations(relpath, location=self.local.name)
+        mine = self.dm.get_data_locations(relpath, location_name=self.local.name)
         if not mine:
             self.dm.register_path(self.local, relpath, relpath, DataType.PRIMARY)
         for location in self.replicas:
-            if not self.dm.get_data_locations(relpath, location=location.name):
+            if not self.dm.get_data_locations(relpath, location_name=location.name):
                 self.dm.transfer_data(self.local, relpath, [location], relpath)
 
     def replicas_of(self, key: ArtifactKey) -> list[Replica]:
@@ -152,14 +154,15 @@ class Node:
         A bad copy in this node's cache is moved aside either way (see the module's rules).
         """
         outcomes = []
-        for replica in self.dm.all_replicas(readable=False):
-            if replica.state is ReplicaState.PENDING or self.dm.location(replica.location) is None:
+        for replica in self.upkeep.all_replicas(readable=False):
+            reachable = self.dm.context.location(replica.location) is not None
+            if replica.state is ReplicaState.PENDING or not reachable:
                 continue  # being written, or another node's disk: that node verifies it
             outcome = self._verify(replica, repair=repair, full=full)
             if outcome.problems and outcome.restored is None:
-                now = self.dm.replica_at(replica.location, replica.path)
+                now = self.upkeep.replica_at(replica.location, replica.path)
                 if now is not None and now.data_type is DataType.INVALID:
-                    self.dm.set_aside(now)
+                    self.upkeep.set_aside(now)
             outcomes.append(outcome)
         return outcomes
 
@@ -168,7 +171,7 @@ class Node:
             problem = "invalidated earlier; run `genoflow verify --repair` to restore or rebuild it"
             return RepairOutcome(replica, [problem])
         try:
-            return self.dm.repair(replica, full=full, restore=repair)
+            return self.upkeep.repair(replica, full=full, restore=repair)
         except NoValidReplica as exc:
             return RepairOutcome(replica, [exc.message], rebuild=True)
         except StorageError as exc:
@@ -205,13 +208,13 @@ class Node:
 
     def _settle(self, outcome: RepairOutcome, failure: str | None) -> RepairOutcome:
         old = outcome.replica
-        now = self.dm.replica_at(old.location, old.path)
+        now = self.upkeep.replica_at(old.location, old.path)
         problems = list(outcome.problems)
         if failure is not None:
             problems.append(f"rebuilding it failed: {failure}")
         elif now is None or now.data_type is DataType.INVALID or now.state is ReplicaState.PENDING:
             problems.append("the rebuild did not register a new copy here")
-        elif found := self.dm.verify(now, full=True):
+        elif found := self.upkeep.verify(now, full=True):
             problems.append(f"the rebuilt copy is bad too: {'; '.join(found)}")
         else:
             return RepairOutcome(old, problems, restored=now, rebuild=True)

@@ -379,7 +379,7 @@ def same_filesystem(src: Location, dst: Location) -> bool:
     return _device(Path(src.root)) == _device(Path(dst.root))
 
 
-def _device(path: Path) -> int:
-    while not path.exists():
-        path = path.parent
-    return path.stat().st_dev
+def _device(folder: Path) -> int:
+    while not folder.exists():
+        folder = folder.parent
+    return folder.stat().st_dev

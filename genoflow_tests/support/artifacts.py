@@ -26,6 +26,7 @@ from genoflow.storage.locations import (
     ObjectInfo,
     safe_relpath,
 )
+from genoflow.storage.upkeep import ReplicaUpkeep
 
 MD5 = "60d8" + "0" * 28
 KEY = ArtifactKey("intervals", MD5, "sorted", "1")
@@ -147,9 +148,8 @@ def store(tmp_path: Path, name: str, deployment: str, kind: str = "gcs") -> Fold
 
 
 def every_replica(manager: DataManager) -> list[tuple[str, str, str]]:
-    return [
-        (r.location, r.data_type.value, r.state.value) for r in manager.all_replicas(readable=False)
-    ]
+    found = ReplicaUpkeep(manager).all_replicas(readable=False)
+    return [(r.location, r.data_type.value, r.state.value) for r in found]
 
 
 def register_many(registry: str, root: str, number: int, barrier: Barrier, results: Queue) -> None:
