@@ -51,9 +51,8 @@ STREAMFLOW_DATA_MANAGER = {
 
 @pytest.fixture
 def manager(tmp_path: Path) -> Iterator[DataManager]:
-    opened = DataManager(tmp_path / "registry.sqlite", workdir=tmp_path / "work")
-    yield opened
-    opened.close()
+    with DataManager(tmp_path / "registry.sqlite", workdir=tmp_path / "work") as opened:
+        yield opened
 
 
 @pytest.fixture

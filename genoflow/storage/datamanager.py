@@ -50,8 +50,7 @@ class DataManager:
     Args:
         registry: an open :class:`Registry` (left open by :meth:`close`), or its URL or SQLite
             path (opened here and closed by :meth:`close`).
-        workdir: a local folder for transfers' scratch files (the cache's ``work`` folder).
-        locations: the locations this node can reach; others are added as they are used.
+        workdir, locations: as for :class:`~genoflow.storage.context.StorageContext`.
 
     Attributes:
         context: the registry, scratch area and reachable locations, shared with
