@@ -81,7 +81,7 @@ class Node:
     def close(self) -> None:
         self.dm.close()
 
-    # The Cache interface that pipeline.py builds through.
+    # The Cache interface that genoflow.build.steps builds through.
     def lookup(self, key: ArtifactKey) -> Artifact | None:
         """The artifact in this node's cache when whole by its sizes and not registered INVALID.
 
