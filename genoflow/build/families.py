@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from genoflow.core.errors import FormatError, ProcessingError
 from genoflow.core.settings import Settings
@@ -199,41 +200,38 @@ class Intervals(Family):
 
 _SORTED_CHAIN = ("source", "sorted", "index")
 
-ALIGNMENTS = Alignments(
-    name="alignments",
-    chain=_SORTED_CHAIN,
-    versions={
-        "source": SOURCE_VERSION,
-        "sorted": alignments.SORT_VERSION,
-        "index": alignments.INDEX_VERSION,
-    },
-    descriptions={
-        "source": SOURCE_DESCRIPTION,
-        "sorted": "Coordinate-sorted BAM (SO:coordinate, unmapped reads last).",
-        "index": "The sorted BAM with its BAI (or CSI for contigs ≥ 2^29 bp).",
-    },
-    processors={
-        "sorted": "genoflow.processors.alignments.sort_alignments",
-        "index": "genoflow.processors.alignments.index_alignments",
-    },
+
+def _sorting(family: type[Family], module: ModuleType, sorted_: str, index: str) -> Family:
+    """A family whose chain is source → sorted → index, built by ``module``'s
+    ``sort_{name}`` and ``index_{name}`` at its ``SORT_VERSION`` and ``INDEX_VERSION``."""
+    name = module.__name__.rsplit(".", 1)[1]
+    return family(
+        name=name,
+        chain=_SORTED_CHAIN,
+        versions={
+            "source": SOURCE_VERSION,
+            "sorted": module.SORT_VERSION,
+            "index": module.INDEX_VERSION,
+        },
+        descriptions={"source": SOURCE_DESCRIPTION, "sorted": sorted_, "index": index},
+        processors={
+            "sorted": f"{module.__name__}.sort_{name}",
+            "index": f"{module.__name__}.index_{name}",
+        },
+    )
+
+
+ALIGNMENTS = _sorting(
+    Alignments,
+    alignments,
+    "Coordinate-sorted BAM (SO:coordinate, unmapped reads last).",
+    "The sorted BAM with its BAI (or CSI for contigs ≥ 2^29 bp).",
 )
-INTERVALS = Intervals(
-    name="intervals",
-    chain=_SORTED_CHAIN,
-    versions={
-        "source": SOURCE_VERSION,
-        "sorted": intervals.SORT_VERSION,
-        "index": intervals.INDEX_VERSION,
-    },
-    descriptions={
-        "source": SOURCE_DESCRIPTION,
-        "sorted": "Records sorted by contig then start, BGZF-compressed, header on top.",
-        "index": "The sorted BGZF file with its tabix TBI (or CSI for positions ≥ 2^29).",
-    },
-    processors={
-        "sorted": "genoflow.processors.intervals.sort_intervals",
-        "index": "genoflow.processors.intervals.index_intervals",
-    },
+INTERVALS = _sorting(
+    Intervals,
+    intervals,
+    "Records sorted by contig then start, BGZF-compressed, header on top.",
+    "The sorted BGZF file with its tabix TBI (or CSI for positions ≥ 2^29).",
 )
 PASSTHROUGH = Family(
     name="passthrough",
