@@ -23,7 +23,17 @@ from genoflow.instance.home import dagster_yaml, ensure_dagster_home
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-LAYER_FOLDERS = {"core", "manifests", "processors", "storage", "build", "defs", "instance", "cli"}
+LAYER_FOLDERS = {
+    "core",
+    "manifests",
+    "processors",
+    "storage",
+    "build",
+    "defs",
+    "instance",
+    "serve",
+    "cli",
+}
 
 OLD_STORAGE_YAML = """\
 run_storage:
