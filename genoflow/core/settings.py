@@ -398,3 +398,91 @@ def automation_variables(environ: Mapping[str, str] | None = None) -> tuple[str,
     if not interval.isdigit() or int(interval) < 1:
         raise ValueError(f"GENOFLOW_SENSOR_INTERVAL must be whole seconds ≥ 1, got {interval!r}")
     return cron, int(interval)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How ``genoflow serve`` answers and builds (the README's configuration table).
+
+    Attributes:
+        origins: CORS origins allowed, ``GENOFLOW_SERVE_ORIGINS`` (comma-separated, default ``*``).
+        tokens_file: a file of bearer tokens, one per line, ``GENOFLOW_SERVE_TOKENS``; None
+            serves without authentication.
+        builders: build processes the server runs at once, ``GENOFLOW_SERVE_BUILDERS`` (1).
+        job_timeout: seconds a build may run before it is ended and its job failed,
+            ``GENOFLOW_JOB_TIMEOUT`` (21600); 0 means no cap.
+        retry_backoff: seconds after a failed build before a request may start another,
+            ``GENOFLOW_SERVE_RETRY_BACKOFF`` (60).
+        htsget_wait: seconds an htsget request for a missing artifact waits for its build
+            before answering 503, ``GENOFLOW_HTSGET_WAIT`` (20).
+        dagster_url: the Dagster UI's base URL, for links from jobs, ``GENOFLOW_DAGSTER_URL``.
+        public_url: the server's own base URL as clients reach it, ``GENOFLOW_PUBLIC_URL``; it
+            puts viewer links in materialization metadata.
+    """
+
+    origins: tuple[str, ...] = ("*",)
+    tokens_file: Path | None = None
+    builders: int = 1
+    job_timeout: float = 21600.0
+    retry_backoff: float = 60.0
+    htsget_wait: float = 20.0
+    dagster_url: str | None = None
+    public_url: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
+        """Read the ``GENOFLOW_SERVE_*``, ``GENOFLOW_JOB_TIMEOUT``, ``GENOFLOW_HTSGET_WAIT``,
+        ``GENOFLOW_DAGSTER_URL`` and ``GENOFLOW_PUBLIC_URL`` variables.
+
+        Raises:
+            ConfigError: a variable holds an unusable value.
+        """
+        env = _environ(environ)
+        origins = tuple(o.strip() for o in (env.get("GENOFLOW_SERVE_ORIGINS") or "*").split(","))
+        tokens = env.get("GENOFLOW_SERVE_TOKENS") or None
+        return cls(
+            origins=tuple(origin for origin in origins if origin) or ("*",),
+            tokens_file=_resolve("GENOFLOW_SERVE_TOKENS", tokens) if tokens else None,
+            builders=int(_seconds(env, "GENOFLOW_SERVE_BUILDERS", 1, low=1, high=64, whole=True)),
+            job_timeout=_seconds(env, "GENOFLOW_JOB_TIMEOUT", 21600.0, low=0),
+            retry_backoff=_seconds(env, "GENOFLOW_SERVE_RETRY_BACKOFF", 60.0, low=0),
+            htsget_wait=_seconds(env, "GENOFLOW_HTSGET_WAIT", 20.0, low=0, high=3600),
+            dagster_url=_base_url(env, "GENOFLOW_DAGSTER_URL"),
+            public_url=_base_url(env, "GENOFLOW_PUBLIC_URL"),
+        )
+
+
+def _seconds(
+    env: Mapping[str, str],
+    variable: str,
+    default: float,
+    *,
+    low: float,
+    high: float = 10**7,
+    whole: bool = False,
+) -> float:
+    value = (env.get(variable) or "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value) if whole else float(value)
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        kind = "a whole number" if whole else "a number of seconds"
+        raise _bad(variable, value, f"is not {kind} from {low:g} to {high:g}", "fix it or unset it")
+    return number
+
+
+def _base_url(env: Mapping[str, str], variable: str) -> str | None:
+    value = (env.get(variable) or "").strip()
+    if not value:
+        return None
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise _bad(
+            variable,
+            redact(value),
+            "is not an http(s) base URL without a query",
+            "set it to e.g. http://host:port, or unset it",
+        )
+    return value.rstrip("/")
