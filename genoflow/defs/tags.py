@@ -14,6 +14,8 @@ from __future__ import annotations
 CHAIN_TAG = "genoflow/chain"
 # What launched the run: the manifest sensor, a family's schedule or ``genoflow run``.
 LAUNCHED_BY = "genoflow/launched_by"
+# The LAUNCHED_BY value of the runs ``genoflow serve`` starts for a request that missed.
+LAUNCHED_BY_SERVE = "genoflow serve"
 # host:pid of the process executing the run in process; a run left STARTED by a dead one is failed.
 OWNER = "genoflow/owner"
 # The family of a job, an asset, a run or a materialization (``alignments``, ``intervals``, ...).
