@@ -322,6 +322,23 @@ class Registry:
         with self.connect() as connection:
             return [_to_row(r) for r in connection.execute(query).mappings()]
 
+    def rows_named(self, name: str) -> list[SourceRow]:
+        """The rows with one manifest name, in registration order (an indexed lookup)."""
+        query = sa.select(source_rows).where(source_rows.c.name == name).order_by(source_rows.c.id)
+        with self.connect() as connection:
+            return [_to_row(r) for r in connection.execute(query).mappings()]
+
+    def rows_of(self, md5s: Iterable[str]) -> list[SourceRow]:
+        """The rows of several md5s, in registration order (one query per 500 md5s)."""
+        wanted = sorted(set(md5s))
+        found: list[Any] = []
+        with self.connect() as connection:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                query = sa.select(source_rows).where(source_rows.c.md5.in_(chunk))
+                found += connection.execute(query).mappings().all()
+        return [_to_row(r) for r in sorted(found, key=lambda r: r["id"])]
+
     def md5s(self, family: str | None = None) -> list[str]:
         """Distinct registered md5s, optionally of one family."""
         query = sa.select(source_rows.c.md5).distinct().order_by(source_rows.c.md5)

@@ -1,0 +1,151 @@
+"""The ASGI application of ``genoflow serve`` (Starlette, run by uvicorn).
+
+Starlette and uvicorn already come with dagster-webserver, so the service adds no framework to
+the install, and its byte-range responses are plain ASGI that the project controls; FastAPI's
+OpenAPI page would document a handful of GET routes whose contracts (RFC 9110, htsget) are
+specified elsewhere anyway.
+
+Invariants:
+- per-process state lives on ``app.state`` and is opened in the lifespan, closed at shutdown:
+  ``settings``, ``serve`` (:class:`ServeSettings`), ``catalog`` (registry + cache), ``builds``
+  (opened on the first miss, so serving built files never imports Dagster) and
+  ``token_checks`` (extra ways a request may prove itself, see :mod:`genoflow.serve.middleware`);
+- every route comes from one module's ``routes()``, listed in :data:`ROUTE_MODULES`;
+- the layers around the routes, outermost first: access log, bounds, CORS, bearer tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from genoflow.core.settings import ServeSettings, Settings
+from genoflow.serve import files, pages
+from genoflow.serve.auth import Tokens
+from genoflow.serve.catalog import Catalog
+from genoflow.serve.middleware import AccessLog, Bounds, RequireToken, TokenCheck
+from genoflow.storage.cache import Cache
+from genoflow.storage.registry import Registry
+
+# ---- Route modules: each exposes routes() -> list[Route]. Add one line per module. ----
+ROUTE_MODULES = [
+    files,
+    pages,
+]
+# ---- end of route modules ----
+
+EXPOSED = ["Content-Range", "Content-Length", "Accept-Ranges", "ETag", "Location", "Retry-After"]
+ALLOWED_HEADERS = ["Range", "Authorization", "If-None-Match", "If-Range", "If-Modified-Since",
+                   "If-Match", "Content-Type"]  # fmt: skip
+
+
+class LazyBuilds:
+    """``app.state.builds``: the :class:`genoflow.serve.builds.Builds` of this process, opened on
+    first use (a miss), with the same methods.
+
+    Args:
+        settings: genoflow's settings.
+        serve: the server's settings.
+    """
+
+    def __init__(self, settings: Settings, serve: ServeSettings) -> None:
+        self.settings, self.serve = settings, serve
+        self._builds: Any = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> Any:
+        with self._lock:
+            if self._builds is None:
+                from genoflow.serve.builds import Builds  # imports Dagster: only on a miss
+
+                self._builds = Builds(self.settings, self.serve)
+            return self._builds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._open(), name)
+
+    def close(self) -> None:
+        """Close the builds if they were ever opened."""
+        with self._lock:
+            if self._builds is not None:
+                self._builds.close()
+                self._builds = None
+
+
+def _lifespan(settings: Settings, serve: ServeSettings):
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        registry = Registry(settings.registry_target)
+        builds = LazyBuilds(settings, serve)
+        app.state.settings, app.state.serve = settings, serve
+        app.state.catalog = Catalog(registry, Cache(settings.cache_root))
+        app.state.builds = builds
+        try:
+            yield
+        finally:
+            builds.close()
+            registry.close()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None, serve: ServeSettings | None = None) -> Starlette:
+    """The service's application; with no arguments its settings come from the environment.
+
+    Raises:
+        ConfigError: a setting is unusable, or the tokens file cannot be read.
+    """
+    settings = settings or Settings.from_env()
+    serve = serve or ServeSettings.from_env()
+    checks: list[TokenCheck] = []
+    stack = [
+        Middleware(AccessLog),
+        Middleware(Bounds),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(serve.origins),
+            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_headers=ALLOWED_HEADERS,
+            expose_headers=EXPOSED,
+            max_age=86400,
+        ),
+    ]
+    if serve.tokens_file is not None:
+        stack.append(Middleware(RequireToken, tokens=Tokens(serve.tokens_file), checks=checks))
+    routes = [route for module in ROUTE_MODULES for route in module.routes()]
+    app = Starlette(routes=routes, middleware=stack, lifespan=_lifespan(settings, serve))
+    app.state.token_checks = checks
+    return app
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, with its access log replaced by ``genoflow.serve.access`` (which never
+    shows a query string or a header)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = {**LOGGING_CONFIG, "loggers": dict(LOGGING_CONFIG["loggers"])}
+    config["formatters"] = {
+        **LOGGING_CONFIG["formatters"],
+        "genoflow": {"format": "%(asctime)s %(message)s"},
+    }
+    config["handlers"] = {
+        **LOGGING_CONFIG["handlers"],
+        "genoflow": {
+            "class": "logging.StreamHandler",
+            "formatter": "genoflow",
+            "stream": "ext://sys.stderr",
+        },
+    }
+    config["loggers"]["uvicorn.access"] = {"handlers": [], "level": "WARNING", "propagate": False}
+    config["loggers"]["genoflow.serve.access"] = {
+        "handlers": ["genoflow"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config

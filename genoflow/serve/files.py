@@ -1,0 +1,170 @@
+"""``/data/{id}``, ``/index/{id}`` and ``/files/{md5}/{name}``: published artifacts, by range.
+
+Invariants:
+- every file served is one of a published artifact's files, found through the catalog; the
+  request's identifier is only compared with registry values and ``name`` only with suffixes,
+  so no part of a request becomes a path;
+- ``/files/{md5}/{name}``: ``name`` is free (letters, digits, ``._+-``) so that a tool can save
+  the file under a name of its own; it must end with the artifact's data suffix (``.bam``,
+  ``.gz``, or a passthrough format's own, e.g. ``.csv``) for the data, and with that plus the
+  index's suffix (``.bai``, ``.csi``, ``.tbi``) for the index — exactly where htslib and igv.js
+  look for an index beside a data URL;
+- a miss (the artifact is not published): ``HEAD`` answers 404 and starts nothing; ``GET`` asks
+  ``app.state.builds`` for the build (one per md5, across processes) and answers what
+  :func:`genoflow.serve.jobs.miss_response` says (202 with ``Location: /jobs/{id}``, or the
+  failed job's error and when a retry may start).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from genoflow.core.formats import FORMAT_SUFFIX
+from genoflow.serve.catalog import MD5, AmbiguousName, Catalog, Files, Source, UnknownSource
+from genoflow.serve.ranges import Representation, file_response
+
+MAX_IDENT = 1024
+_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,254}")
+INDEX_SUFFIXES = (".bai", ".csi", ".tbi")
+OCTETS = "application/octet-stream"  # BAM and the indexes have no registered media type
+MEDIA_TYPES = {
+    # BGZF is gzip (RFC 6713): never Content-Encoding, or clients would inflate it.
+    ".gz": "application/gzip",
+    ".bgz": "application/gzip",
+    ".csv": "text/csv",
+    ".tsv": "text/tab-separated-values",
+    **dict.fromkeys((".bam", ".bai", ".csi", ".tbi", ".bw", ".bb"), OCTETS),
+}
+
+
+def media_type(path: Path) -> str:
+    """The Content-Type of a served file, by its suffix; other text formats are ``text/plain``
+    (with ``nosniff``, a browser never renders them)."""
+    return MEDIA_TYPES.get(path.suffix.lower(), "text/plain")
+
+
+def data_suffix(source: Source) -> str:
+    """The suffix a ``/files`` name must end with to ask for a source's data file."""
+    if source.family == "alignments":
+        return ".bam"
+    if source.family == "intervals":
+        return ".gz"
+    return "." + FORMAT_SUFFIX.get(source.format, source.format)
+
+
+def file_name(source: Source) -> str:
+    """A ``/files`` name for a source's data: its first manifest name, made safe, with the data
+    suffix (``trio.vcf`` → ``trio.vcf.gz``)."""
+    base = re.sub(r"[^A-Za-z0-9._+-]", "_", source.names[0].rsplit("/", 1)[-1]).lstrip(".")
+    suffix = data_suffix(source)
+    return (base or "data") + ("" if base.endswith(suffix) else suffix)
+
+
+def _problem(status: int, message: str, **extra: object) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _representation(files: Files, path: Path) -> Representation:
+    entry = next(e for e in files.artifact.entries if e.name == path.name)
+    created = dt.datetime.fromisoformat(files.artifact.marker.created_at)
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=dt.UTC)
+    return Representation(path, entry.size, entry.md5, created, media_type(path))
+
+
+def _located(catalog: Catalog, ident: str, raw: bool) -> tuple[Source, Files | None]:
+    """The source and its files (the staged source itself with ``raw``), or None while unbuilt."""
+    source = catalog.resolve(ident)
+    if not raw:
+        return source, catalog.files(source)
+    artifact = catalog.source_artifact(source)
+    return source, None if artifact is None else Files(artifact, artifact.main, None)
+
+
+async def serve(request: Request, ident: str, want: str, *, raw: bool = False) -> Response:
+    """Answer a GET or HEAD for a source's ``data`` or ``index`` file.
+
+    Args:
+        request: the request (its app's state holds the catalog and the builds).
+        ident: an md5, or a manifest name only one md5 has.
+        want: ``data`` or ``index``.
+        raw: serve the verified source bytes instead of the visualization-ready file.
+    """
+    if len(ident) > MAX_IDENT:
+        return _problem(404, "no registered source has this md5 or name")
+    catalog: Catalog = request.app.state.catalog
+    try:
+        source, files = await run_in_threadpool(_located, catalog, ident, raw)
+    except UnknownSource:
+        return _problem(404, "no registered source has this md5 or name", id=ident)
+    except AmbiguousName as exc:
+        return _problem(409, "several sources have this name: ask for one by md5", md5s=exc.md5s)
+    if want == "index" and source.family == "passthrough":
+        return _problem(404, f"{source.format} files have no index", md5=source.md5)
+    if files is None:
+        return await _miss(request, source)
+    path = files.data if want == "data" else files.index
+    if path is None:
+        return _problem(404, f"{source.format} files have no index", md5=source.md5)
+    if not path.is_file():  # removed under us (repair, invalidation): look again next time
+        catalog.forget(source)
+        return await _miss(request, source)
+    return file_response(request.headers, request.method, _representation(files, path))
+
+
+async def _miss(request: Request, source: Source) -> Response:
+    if request.method == "HEAD":
+        return _problem(404, "not built yet: a GET starts its build", md5=source.md5)
+    from genoflow.serve.jobs import miss_response  # the jobs module answers for its jobs
+
+    job = await run_in_threadpool(request.app.state.builds.request, source)
+    return miss_response(job)
+
+
+async def data(request: Request) -> Response:
+    raw = request.query_params.get("raw", "").lower() in ("1", "true", "yes")
+    return await serve(request, request.path_params["ident"], "data", raw=raw)
+
+
+async def index(request: Request) -> Response:
+    return await serve(request, request.path_params["ident"], "index")
+
+
+async def named(request: Request) -> Response:
+    """``/files/{md5}/{name}``: the data or its index, by htslib's naming convention."""
+    md5, name = request.path_params["md5"], request.path_params["name"]
+    if not MD5.fullmatch(md5) or not _NAME.fullmatch(name):
+        return _problem(404, "no such file: /files/{md5}/{name}.{suffix}")
+    catalog: Catalog = request.app.state.catalog
+    try:
+        source = await run_in_threadpool(catalog.resolve, md5)
+    except UnknownSource:
+        return _problem(404, "no registered source has this md5", id=md5)
+    suffix = data_suffix(source)
+    if name.endswith(suffix) and len(name) > len(suffix):
+        return await serve(request, md5, "data")
+    stem, _, tail = name.rpartition(".")
+    if "." + tail in INDEX_SUFFIXES and stem.endswith(suffix) and len(stem) > len(suffix):
+        files = await run_in_threadpool(catalog.files, source)
+        built = files.index if files is not None else None
+        if built is not None and built.suffix != "." + tail:
+            return _problem(404, f"this artifact's index is a {built.suffix} file", md5=md5)
+        return await serve(request, md5, "index")
+    return _problem(404, f"a name here ends with {suffix} (data) or {suffix}.bai/.csi/.tbi")
+
+
+def routes() -> list[Route]:
+    """The file routes, for :func:`genoflow.serve.app.create_app`."""
+    methods = ["GET", "HEAD"]
+    return [
+        Route("/data/{ident:path}", data, methods=methods),
+        Route("/index/{ident:path}", index, methods=methods),
+        Route("/files/{md5}/{name}", named, methods=methods),
+    ]
