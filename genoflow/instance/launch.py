@@ -1,4 +1,5 @@
-"""Launching one md5's family chain as a Dagster run with a known id, from outside the code location.
+"""Launching one md5's family chain as a Dagster run with a known id, from outside the code
+location.
 
 Invariant: a run is created first (``NOT_STARTED``, with the code location's origin, so the UI
 shows it and can re-execute it, and the caller knows its id at once), and only then executed:
@@ -31,7 +32,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from genoflow.build.steps import chain_version, job_name
 from genoflow.core.errors import redact
-from genoflow.defs.tags import CHAIN_TAG, LAUNCHED_BY, LAUNCHED_BY_SERVE, OWNER
+from genoflow.defs.tags import CHAIN_TAG, FAMILY, LAUNCHED_BY, LAUNCHED_BY_SERVE, OWNER
 from genoflow.instance.runner import add_partitions, process_instance, quiet_warnings, user_message
 
 # The code location's name in workspace.yaml and [tool.dagster]: the daemon finds a queued run's
@@ -145,12 +146,16 @@ class RunState:
 
     Attributes:
         run_id: the run's id.
+        md5: its partition, the source md5.
+        family: its family.
         status: the job status (``queued``, ``running``, ``succeeded``, ``failed``).
         tags: the run's tags.
         error: for a failed run, its first failure's message (redacted).
     """
 
     run_id: str
+    md5: str
+    family: str
     status: str
     tags: Mapping[str, str]
     error: str | None
@@ -163,7 +168,9 @@ def run_state(instance: DagsterInstance, run_id: str) -> RunState | None:
         return None
     status = JOB_STATUS[run.status]
     error = run_error(instance, run_id) if status == "failed" else None
-    return RunState(run_id, status, dict(run.tags), error)
+    tags = dict(run.tags)
+    family = tags.get(FAMILY, "")
+    return RunState(run_id, tags.get(PARTITION_NAME_TAG, ""), family, status, tags, error)
 
 
 def run_error(instance: DagsterInstance, run_id: str) -> str:
