@@ -31,6 +31,13 @@ def _jobs(text: str) -> int:
     return jobs
 
 
+def _port(text: str) -> int:
+    """``--port``: a TCP port, 1 to 65535."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genoflow",
@@ -61,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     backfill.add_argument("--jobs", type=_jobs, default=1, help="sources processed at once")
+    register = commands.add_parser(
+        "register", help="validate and register manifests' sources and partitions; build nothing"
+    )
+    register.add_argument("manifests", nargs="+", type=Path, help="TSV, CSV or JSON manifests")
+    serve = commands.add_parser("serve", help="serve artifacts over HTTP (data, index, htsget)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8080, help="port to listen on (8080)")
+    serve.add_argument("--workers", type=_jobs, default=1, help="server processes (default 1)")
     dev = commands.add_parser(
         "dev", help="start the Dagster UI on this project's instance", add_help=False
     )
@@ -94,6 +109,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_status(args.select, settings, as_json=args.json, table=args.table)
     if args.command == "verify":
         return cmd_verify(settings, repair=args.repair, full=not args.quick)
+    if args.command == "register":
+        return cmd_register(args.manifests, settings)
+    if args.command == "serve":
+        return cmd_serve(settings, host=args.host, port=args.port, workers=args.workers)
     if args.command == "backfill":
         return cmd_backfill(settings, families=args.family, dry_run=args.dry_run, jobs=args.jobs)
     return cmd_dev(args.args, settings)
@@ -314,6 +333,53 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in [header, *rows]
     )
+
+
+def cmd_register(paths: Sequence[Path], settings: Settings) -> int:
+    """Validate the manifests, register their rows and add their md5 partitions; build nothing.
+
+    A deployment can register everything and build only what someone asks ``genoflow serve``
+    for. Invalid rows are reported; valid rows are still registered (exit status 1).
+    """
+    from genoflow.instance import runner
+    from genoflow.storage.registry import Registry
+
+    manifest, problems = load_manifests(paths)
+    print_errors(problems)
+    with Registry(settings.registry_target) as registry:
+        new_rows = registry.register(manifest.rows)
+    by_family: dict[str, list[str]] = {family: [] for family in CHAINS}
+    for md5, rows in manifest.sources().items():
+        by_family[rows[0].family].append(md5)
+    runner.quiet_warnings()
+    added = runner.add_partitions(_open_instance(settings), by_family)
+    sources = sum(len(md5s) for md5s in by_family.values())
+    print(f"registered {sources} sources ({new_rows} new rows, {added} new partitions)")
+    return 1 if problems else 0
+
+
+def cmd_serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
+    """Serve artifacts over HTTP with uvicorn until interrupted (README "Serving")."""
+    import uvicorn
+
+    from genoflow.core.settings import ServeSettings
+    from genoflow.serve.app import create_app, log_config
+
+    serve = ServeSettings.from_env()
+    create_app(settings, serve)  # refuses a bad setting or tokens file before listening
+    print(f"genoflow: serving {settings.home} on http://{host}:{port}/", file=sys.stderr)
+    uvicorn.run(
+        "genoflow.serve.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        log_config=log_config(),
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
 
 
 def cmd_dev(extra: Sequence[str], settings: Settings) -> int:
