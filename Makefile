@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 GENOFLOW_HOME ?= $(CURDIR)/.genoflow
 export GENOFLOW_HOME
 
-.PHONY: demo test dev bench lint format clean cluster-demo cluster-tools stress-races
+.PHONY: demo test serve dev bench lint format clean cluster-demo cluster-tools stress-races
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ cluster-tools:
 # The race-prone tests 50 times each under a parallel fsync-heavy writer; a table of failures.
 stress-races: $(VENV)/.installed-dev
 	$(BIN)/python scripts/stress_races.py
+
+# The demo manifest registered (nothing built), then served on http://127.0.0.1:8080/: a GET
+# for a file not built yet starts its build.
+serve: $(VENV)/.installed
+	$(BIN)/genoflow register data/manifests/demo.tsv
+	$(BIN)/genoflow serve
 
 dev: $(VENV)/.installed
 	$(BIN)/genoflow dev
