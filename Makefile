@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 GENOFLOW_HOME ?= $(CURDIR)/.genoflow
 export GENOFLOW_HOME
 
-.PHONY: demo test serve dev bench lint format clean cluster-demo cluster-tools stress-races
+.PHONY: demo test serve web test-clients dev bench lint format clean cluster-demo cluster-tools stress-races
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,26 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/genoflow run data/manifests/demo.tsv
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev web test-clients
 	$(BIN)/python -m pytest
+
+# JavaScript from npm, pinned by each folder's package-lock.json (nothing minified is committed):
+# igv.js for the /view page (served from genoflow/serve/web/node_modules), and the clients the
+# serve tests run (@gmod/bam, @gmod/tabix, playwright-core driving Debian's chromium).
+WEB := genoflow/serve/web
+CLIENTS := genoflow_tests/js
+
+$(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund
+	touch $@
+
+$(CLIENTS)/node_modules/.installed: $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
+	cd $(CLIENTS) && npm ci --no-audit --no-fund
+	touch $@
+
+web: $(WEB)/node_modules/.installed
+
+test-clients: $(CLIENTS)/node_modules/.installed
 
 # A local cluster (README "Running on a cluster"): Redis, PostgreSQL, a fake GCS bucket, the
 # Dagster daemon and UI, two Celery workers; the demo manifest; a report; everything stopped.
@@ -43,7 +61,7 @@ stress-races: $(VENV)/.installed-dev
 
 # The demo manifest registered (nothing built), then served on http://127.0.0.1:8080/: a GET
 # for a file not built yet starts its build.
-serve: $(VENV)/.installed
+serve: $(VENV)/.installed web
 	$(BIN)/genoflow register data/manifests/demo.tsv
 	$(BIN)/genoflow serve
 
@@ -63,4 +81,4 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .genoflow
+	rm -rf $(VENV) .genoflow $(WEB)/node_modules $(CLIENTS)/node_modules

@@ -22,7 +22,12 @@ from genoflow.build.steps import (
 )
 from genoflow.core.errors import SourceError
 from genoflow.defs import tags
-from genoflow.defs.assets.lineage import family_formats, output_tags, source_metadata
+from genoflow.defs.assets.lineage import (
+    family_formats,
+    output_tags,
+    source_metadata,
+    viewer_metadata,
+)
 from genoflow.defs.automation import chain_condition
 from genoflow.defs.partitions import PARTITIONS
 from genoflow.defs.resources import GenoflowResource
@@ -45,6 +50,7 @@ def _output(
             "cache": cache,
             "seconds": round(time.perf_counter() - started, 3),
             "family": key.family,
+            **viewer_metadata(key.family, key.md5),
             **(extra or {}),
         },
         tags=output_tags(details, key.family),

@@ -14,6 +14,7 @@ from dagster import MetadataValue
 
 from genoflow.core.errors import redact
 from genoflow.core.formats import FAMILY
+from genoflow.core.settings import ServeSettings
 from genoflow.defs import tags
 from genoflow.storage.registry import SourceRow
 
@@ -28,6 +29,17 @@ def family_formats(family: str) -> list[str]:
 def output_tags(details: Mapping[str, Any], family: str) -> dict[str, str]:
     """Materialization tags, so one partition's events can be filtered by format and family."""
     return {tags.FAMILY: family, tags.FORMAT: str(details.get("format", ""))}
+
+
+def viewer_metadata(family: str, md5: str) -> dict[str, Any]:
+    """A link to the source's page in ``genoflow serve`` (``/view/{md5}``, igv.js), when
+    ``GENOFLOW_PUBLIC_URL`` says where the server is; passthrough files link to their data."""
+    public = ServeSettings.from_env().public_url
+    if not public:
+        return {}
+    if family == "passthrough":
+        return {"served_at": MetadataValue.url(f"{public}/data/{md5}")}
+    return {"viewer": MetadataValue.url(f"{public}/view/{md5}")}
 
 
 def source_metadata(rows: Sequence[SourceRow]) -> dict[str, Any]:
