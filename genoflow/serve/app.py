@@ -26,16 +26,18 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from genoflow.core.settings import ServeSettings, Settings
-from genoflow.serve import files, pages, viewer
+from genoflow.serve import files, htsget, pages, viewer
 from genoflow.serve.auth import Tokens
 from genoflow.serve.catalog import Catalog
 from genoflow.serve.middleware import AccessLog, Bounds, RequireToken, TokenCheck
+from genoflow.serve.signing import signed_url_check
 from genoflow.storage.cache import Cache
 from genoflow.storage.registry import Registry
 
 # ---- Route modules: each exposes routes() -> list[Route]. Add one line per module. ----
 ROUTE_MODULES = [
     files,
+    htsget,
     pages,
     viewer,
 ]
@@ -119,6 +121,7 @@ def create_app(settings: Settings | None = None, serve: ServeSettings | None = N
     ]
     if serve.tokens_file is not None:
         stack.append(Middleware(RequireToken, tokens=Tokens(serve.tokens_file), checks=checks))
+        checks.append(signed_url_check(serve.tokens_file))  # htsget ticket URLs
     routes = [route for module in ROUTE_MODULES for route in module.routes()]
     app = Starlette(routes=routes, middleware=stack, lifespan=_lifespan(settings, serve))
     app.state.token_checks = checks
