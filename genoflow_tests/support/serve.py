@@ -65,7 +65,8 @@ def serving(home: Path, log: Path, env: dict[str, str] | None = None) -> Iterato
     """``genoflow serve`` on a free loopback port; yields its base URL, stops it after (SIGINT),
     its stderr in ``log``."""
     port = free_port()
-    full = {**os.environ, "GENOFLOW_HOME": str(home), **(env or {})}
+    full = {**os.environ, "GENOFLOW_HOME": str(home), "GENOFLOW_ALLOWED_ROOTS": str(DEMO)}
+    full.update(env or {})
     full.pop("DAGSTER_HOME", None)
     command = [sys.executable, "-m", "genoflow.cli", "serve", "--port", str(port)]
     with log.open("w") as stderr:
