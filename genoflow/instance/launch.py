@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import re
 import signal
 import sys
 from collections.abc import Mapping
@@ -70,8 +71,21 @@ def code_location(instance: DagsterInstance) -> CodeLocation:
 
 
 def uses_queue(instance: DagsterInstance) -> bool:
-    """Whether runs go to a queue the daemon drains (a ``QueuedRunCoordinator``)."""
-    return isinstance(instance.run_coordinator, QueuedRunCoordinator)
+    """Whether runs go to a queue a daemon drains: the instance's ``dagster.yaml`` names a
+    ``QueuedRunCoordinator`` itself (as ``deploy/dagster.yaml`` does).
+
+    Dagster's own default coordinator is a queue too, but an instance that did not ask for one
+    (genoflow's embedded instance) has no daemon to drain it, so its runs are built here.
+    """
+    from dagster._core.instance.config import dagster_instance_config
+
+    if instance.root_directory is None:
+        return False
+    config, _ = dagster_instance_config(instance.root_directory)
+    chosen = config.get("run_coordinator") or {}
+    return chosen.get("class") == QueuedRunCoordinator.__name__ and isinstance(
+        instance.run_coordinator, QueuedRunCoordinator
+    )
 
 
 def create_run(
@@ -181,15 +195,20 @@ def run_error(instance: DagsterInstance, run_id: str) -> str:
     for record in records:
         event = record.dagster_event
         if event and event.event_type == DagsterEventType.STEP_FAILURE:
-            return _line(user_message(event.step_failure_data.error))
+            return redact_message(user_message(event.step_failure_data.error))
     for record in records:
         if record.dagster_event and record.dagster_event.message:
-            return _line(record.dagster_event.message)
+            return redact_message(record.dagster_event.message)
     return "the run failed"
 
 
-def _line(text: str) -> str:
-    return redact(" ".join(text.split()))
+def redact_message(text: str) -> str:
+    """``text`` on one line with every URL in it redacted (:func:`genoflow.core.errors.redact`:
+    no query string, no credentials), the words around them kept."""
+    return _URL.sub(lambda match: redact(match.group()), " ".join(text.split()))
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def steps(instance: DagsterInstance, run_id: str) -> list[dict[str, Any]]:
@@ -212,7 +231,7 @@ def fail_run(instance: DagsterInstance, run_id: str, message: str) -> None:
     """Report run ``run_id`` failed with ``message``, unless it already ended."""
     run = instance.get_run_by_id(run_id)
     if run is not None and not run.is_finished:
-        instance.report_run_failed(run, message=redact(message))
+        instance.report_run_failed(run, message=redact_message(message))
 
 
 def cancel_run(instance: DagsterInstance, run_id: str, message: str) -> None:

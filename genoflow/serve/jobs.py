@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from genoflow.core.errors import redact
+from genoflow.instance.launch import redact_message
 from genoflow.serve.builds import Builds, Job
 
 # Dagster run ids are UUIDs; anything else is answered without a lookup.
@@ -71,7 +71,7 @@ def job_body(job: Job, dagster_url: str | None = None) -> dict[str, Any]:
             "data": f"/data/{job.md5}",
             "index": None if job.family == "passthrough" else f"/index/{job.md5}",
         },
-        "error": redact(job.error) if job.error else None,
+        "error": redact_message(job.error) if job.error else None,
         "retry_at": _iso(job.retry_at),
     }
     if dagster_url:
