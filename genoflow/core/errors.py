@@ -6,7 +6,10 @@ anything else escaping a stage is a bug.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def redact(uri: str) -> str:
@@ -38,6 +41,12 @@ def redact(uri: str) -> str:
         )
     query = "…" if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def redact_text(text: str) -> str:
+    """``text`` on one line with every URL in it passed through :func:`redact` (no query
+    string, no credentials), the words around the URLs kept: for a message shown to clients."""
+    return _URL.sub(lambda match: redact(match.group()), " ".join(text.split()))
 
 
 class GenoflowError(Exception):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import re
 import signal
 import sys
 from collections.abc import Mapping
@@ -32,7 +31,7 @@ from dagster._core.storage.tags import MAX_RUNTIME_SECONDS_TAG, PARTITION_NAME_T
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from genoflow.build.steps import chain_version, job_name
-from genoflow.core.errors import redact
+from genoflow.core.errors import redact_text
 from genoflow.defs.tags import CHAIN_TAG, FAMILY, LAUNCHED_BY, LAUNCHED_BY_SERVE, OWNER
 from genoflow.instance.runner import add_partitions, process_instance, quiet_warnings, user_message
 
@@ -195,20 +194,11 @@ def run_error(instance: DagsterInstance, run_id: str) -> str:
     for record in records:
         event = record.dagster_event
         if event and event.event_type == DagsterEventType.STEP_FAILURE:
-            return redact_message(user_message(event.step_failure_data.error))
+            return redact_text(user_message(event.step_failure_data.error))
     for record in records:
         if record.dagster_event and record.dagster_event.message:
-            return redact_message(record.dagster_event.message)
+            return redact_text(record.dagster_event.message)
     return "the run failed"
-
-
-def redact_message(text: str) -> str:
-    """``text`` on one line with every URL in it redacted (:func:`genoflow.core.errors.redact`:
-    no query string, no credentials), the words around them kept."""
-    return _URL.sub(lambda match: redact(match.group()), " ".join(text.split()))
-
-
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def steps(instance: DagsterInstance, run_id: str) -> list[dict[str, Any]]:
@@ -231,7 +221,7 @@ def fail_run(instance: DagsterInstance, run_id: str, message: str) -> None:
     """Report run ``run_id`` failed with ``message``, unless it already ended."""
     run = instance.get_run_by_id(run_id)
     if run is not None and not run.is_finished:
-        instance.report_run_failed(run, message=redact_message(message))
+        instance.report_run_failed(run, message=redact_text(message))
 
 
 def cancel_run(instance: DagsterInstance, run_id: str, message: str) -> None:

@@ -26,7 +26,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from genoflow.core.settings import ServeSettings, Settings
-from genoflow.serve import files, htsget, pages, viewer
+from genoflow.serve import files, htsget, jobs, pages, viewer
 from genoflow.serve.auth import Tokens
 from genoflow.serve.catalog import Catalog
 from genoflow.serve.middleware import AccessLog, Bounds, RequireToken, TokenCheck
@@ -38,6 +38,7 @@ from genoflow.storage.registry import Registry
 ROUTE_MODULES = [
     files,
     htsget,
+    jobs,
     pages,
     viewer,
 ]

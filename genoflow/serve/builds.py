@@ -34,11 +34,10 @@ from dagster._core.errors import DagsterError
 from dagster._core.utils import make_new_run_id
 
 from genoflow.build.steps import CHAINS, key_for
-from genoflow.core.errors import GenoflowError, StorageError
+from genoflow.core.errors import GenoflowError, StorageError, redact_text
 from genoflow.core.settings import ServeSettings, Settings
 from genoflow.defs.tags import LAUNCHED_BY, LAUNCHED_BY_SERVE
 from genoflow.instance import launch
-from genoflow.instance.launch import redact_message
 from genoflow.instance.runner import open_instance
 from genoflow.serve.catalog import Source
 from genoflow.storage.cache import Cache
@@ -262,7 +261,7 @@ class Builds:
                 launch.submit(self.instance, claim.job_id)
                 return claim
         except (DagsterError, GenoflowError, OSError) as exc:
-            error = redact_message(f"[serve] {claim.md5}: the build could not be started: {exc}")
+            error = redact_text(f"[serve] {claim.md5}: the build could not be started: {exc}")
             failed = self.claims.advance(
                 claim, FAILED, error=error, retry_backoff=self.serve.retry_backoff
             )

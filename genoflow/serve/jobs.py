@@ -12,15 +12,17 @@ import datetime as dt
 import math
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from genoflow.instance.launch import redact_message
-from genoflow.serve.builds import Builds, Job
+from genoflow.core.errors import redact_text
+
+if TYPE_CHECKING:  # builds imports Dagster: the app loads it only on a miss
+    from genoflow.serve.builds import Builds, Job
 
 # Dagster run ids are UUIDs; anything else is answered without a lookup.
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -71,7 +73,7 @@ def job_body(job: Job, dagster_url: str | None = None) -> dict[str, Any]:
             "data": f"/data/{job.md5}",
             "index": None if job.family == "passthrough" else f"/index/{job.md5}",
         },
-        "error": redact_message(job.error) if job.error else None,
+        "error": redact_text(job.error) if job.error else None,
         "retry_at": _iso(job.retry_at),
     }
     if dagster_url:
