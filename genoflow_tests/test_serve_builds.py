@@ -158,7 +158,9 @@ def _ask_in_process(home: str, source: Source, barrier, answers) -> None:
     os.environ["DAGSTER_HOME"] = f"{home}/dagster"
     builds = Builds(_settings(Path(home)), ServeSettings())
     barrier.wait()
-    answers.put(builds.request(source).id)
+    job = builds.request(source)
+    answers.put(job.id)
+    builds.wait(job.id, 120)  # closing first would release a job still waiting in the queue
     builds.close()
 
 
