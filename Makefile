@@ -30,11 +30,19 @@ test: $(VENV)/.installed-dev web test-clients
 WEB := genoflow/serve/web
 CLIENTS := genoflow_tests/js
 
-$(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
+# Node.js and npm from apt when they are missing (as cluster-tools does for Redis and PostgreSQL).
+node-tools:
+	@if ! command -v npm >/dev/null; then \
+	  echo "installing nodejs and npm with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends nodejs npm >/dev/null; \
+	fi
+
+$(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json | node-tools
 	cd $(WEB) && npm ci --no-audit --no-fund
 	touch $@
 
-$(CLIENTS)/node_modules/.installed: $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
+$(CLIENTS)/node_modules/.installed: $(CLIENTS)/package.json $(CLIENTS)/package-lock.json | node-tools
 	cd $(CLIENTS) && npm ci --no-audit --no-fund
 	touch $@
 
