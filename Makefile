@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 GENOFLOW_HOME ?= $(CURDIR)/.genoflow
 export GENOFLOW_HOME
 
-.PHONY: demo test serve web test-clients dev bench lint format clean cluster-demo cluster-tools stress-races
+.PHONY: demo test serve web test-clients dev bench lint format clean cluster-demo cluster-tools stress-races node-tools
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
