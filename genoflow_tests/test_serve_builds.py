@@ -380,10 +380,145 @@ def test_close_releases_waiting_jobs_so_the_next_request_starts_them_again(
     waiting = builds.request(second)  # one builder: it waits in the queue
     while builds.job(running.id).status == "queued":
         time.sleep(0.05)
-    builds.close()
+    builds.close(grace=600)  # well within its grace: the build finishes
     assert builds.job(running.id).status == "succeeded"  # the build in flight finished
     assert builds.claims.get(second.md5) is None or builds.claims.get(second.md5).job_id != (
         waiting.id
     )
     assert builds.job(waiting.id).status == "failed"  # its run was canceled, never half-built
     assert isinstance(builds.claims.get(first.md5), Claim)
+
+
+# -- the home page's status column, and the drain's grace -----------------------------------
+
+
+_PAGE_SCRIPT = """
+import json, sys
+from starlette.testclient import TestClient
+from genoflow.core.settings import ServeSettings, Settings
+from genoflow.serve.app import create_app
+settings = Settings.from_env({"GENOFLOW_HOME": sys.argv[1]})
+with TestClient(create_app(settings, ServeSettings())) as client:
+    page = client.get("/")
+print(json.dumps({"status": page.status_code, "html": page.text,
+                  "dagster": sorted(m for m in sys.modules if m.split(".")[0] == "dagster")}))
+"""
+
+
+def _page_row(html: str, md5: str) -> str:
+    import re
+
+    found = re.search(rf"<tr>(?:(?!</tr>).)*<code>{md5}</code>.*?</tr>", html)
+    assert found, f"no row for {md5}"
+    return found.group(0)
+
+
+def _home_page(home: Path) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _PAGE_SCRIPT, str(home)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "DAGSTER_HOME": str(home / "dagster")},
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_home_page_links_each_sources_current_job_and_imports_no_dagster_without_one(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    idle = _register(home)
+    failed = _register(home, name="failed.bed", md5="2" * 32)
+    gone = _register(home, name="gone.bed", md5="3" * 32)  # built once, its artifact gone since
+    claims = Claims(Registry(_settings(home).registry_target))
+    job_id = "11111111-2222-3333-4444-555555555555"
+    taken = claims.take(failed.md5, "intervals", job_id, "other.example:1", replacing=None)
+    claims.advance(taken, FAILED, error="the md5 differs", retry_backoff=60)
+    done = claims.take(gone.md5, "intervals", "job-done", "other.example:1", replacing=None)
+    claims.advance(done, SUCCEEDED)
+
+    answer = _home_page(home)
+    assert answer["status"] == 200
+    assert answer["dagster"] == []  # no job in flight: the page read only the registry
+    html = answer["html"]
+    assert "not built" in _page_row(html, idle.md5) and "/jobs/" not in _page_row(html, idle.md5)
+    assert f'<a href="/jobs/{job_id}">failed</a>' in _page_row(html, failed.md5)
+    assert "not built" in _page_row(html, gone.md5)
+
+    running_id = "66666666-7777-8888-9999-000000000000"
+    queued = claims.take(idle.md5, "intervals", running_id, "other.example:1", replacing=None)
+    claims.advance(queued, RUNNING)
+    html = _home_page(home)["html"]
+    assert f'<a href="/jobs/{running_id}">building</a>' in _page_row(html, idle.md5)
+
+
+def test_the_status_cell_says_built_building_failed_or_not_built() -> None:
+    from genoflow.serve.builds import Job
+    from genoflow.serve.pages import status_cell
+
+    job = Job("11111111-2222-3333-4444-555555555555", "c" * 32, "intervals", "running", None, None)
+    assert status_cell(True, job) == "built"
+    assert status_cell(False, job) == f'<a href="/jobs/{job.id}">building</a>'
+    queued = Job(job.id, job.md5, job.family, "queued", None, None)
+    assert status_cell(False, queued) == f'<a href="/jobs/{job.id}">building</a>'
+    failed = Job(job.id, job.md5, job.family, "failed", "no", 0.0)
+    assert status_cell(False, failed) == f'<a href="/jobs/{job.id}">failed</a>'
+    assert status_cell(False, None).startswith("not built")
+
+
+@pytest.mark.system
+def test_the_job_of_an_md5_is_its_claims_job_brought_in_line_with_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    source = _register(home)
+    builds = _builds(home, monkeypatch)
+    try:
+        assert builds.job_of(source.md5) is None
+        job = builds.request(source)
+        assert builds.job_of(source.md5).id == job.id
+        builds.wait(job.id, 120)
+        assert builds.jobs_of([source.md5, "f" * 32]) == {source.md5: builds.job(job.id)}
+        assert builds.job_of(source.md5).status == "succeeded"
+    finally:
+        builds.close()
+
+
+@pytest.mark.system
+def test_close_kills_a_build_still_running_after_its_grace_and_releases_its_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster import DagsterRunStatus
+
+    home = tmp_path / "home"
+    source = _register(home)
+    builds = _builds(home, monkeypatch)
+    job = builds.request(source)
+    while builds.job(job.id).status == "queued":
+        time.sleep(0.05)
+    started = time.monotonic()
+    builds.close(grace=0.2)
+    assert time.monotonic() - started < 30  # bounded: the build was not waited for
+    run = builds.instance.get_run_by_id(job.id)
+    if run.status == DagsterRunStatus.SUCCESS:  # it finished within the grace after all
+        assert len(_published(home, source.md5)) == 3
+        return
+    assert run.status == DagsterRunStatus.FAILURE
+    assert "shut down" in builds.job(job.id).error
+    assert builds.claims.get(source.md5) is None  # released: the next request builds it
+    assert _published(home, source.md5) == []
+    assert not list((home / "cache").rglob("*.tmp.*"))  # the killed build's drafts swept
+    again = _builds(home, monkeypatch)
+    try:
+        retried = again.request(source)
+        assert retried.id != job.id
+        assert again.wait(retried.id, 120).status == "succeeded", again.job(retried.id).error
+        assert len(_published(home, source.md5)) == 3
+    finally:
+        again.close()

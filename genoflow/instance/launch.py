@@ -7,6 +7,11 @@ either by a build process of the caller's own (:func:`run_build`: a child proces
 process group, killed whole when it outlives its time cap), or by the daemon, when the instance's
 run coordinator is a queue (:func:`submit`). Whatever ends a run, the run's own status in the
 instance says how it ended: a build process that died or was killed has its run reported failed.
+
+A build process never outlives the server process that started it: it watches its parent (the
+forkserver, which exits with the server) and that server's pid, and when either is gone it kills
+its own process group (itself and every tool it started), so a SIGKILLed server leaves no orphan
+build that could publish after its claim was reclaimed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +59,10 @@ JOB_STATUS = {
     DagsterRunStatus.CANCELED: "failed",
 }
 _LOCATIONS: dict[int, CodeLocation] = {}
+# How :func:`run_build` ended: the run ended by itself, outlived its cap, or was stopped.
+FINISHED, TIMED_OUT, STOPPED = "finished", "timed out", "stopped"
+# Seconds between a build process's checks that its server is still there.
+WATCH_EVERY = 1.0
 
 
 def code_location(instance: DagsterInstance) -> CodeLocation:
@@ -232,8 +243,13 @@ def cancel_run(instance: DagsterInstance, run_id: str, message: str) -> None:
 
 
 def run_build(
-    instance: DagsterInstance, run_id: str, *, timeout: float, environ: Mapping[str, str]
-) -> bool:
+    instance: DagsterInstance,
+    run_id: str,
+    *,
+    timeout: float,
+    environ: Mapping[str, str],
+    stop: threading.Event | None = None,
+) -> str:
     """Execute a created run in a child build process and wait for it, at most ``timeout``.
 
     Args:
@@ -243,28 +259,50 @@ def run_build(
             without a cap.
         environ: the child's whole environment (GENOFLOW_HOME, DAGSTER_HOME, its thread and
             memory share…): a forkserver child would otherwise inherit the forkserver's.
+        stop: when set (the server's shutdown grace is over), the build is killed and its run
+            failed, saying a new request builds it again.
 
     Returns:
-        True when the run outlived ``timeout`` and was ended.
+        :data:`FINISHED`, :data:`TIMED_OUT` or :data:`STOPPED`.
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["genoflow.instance.runner"])
-    process = context.Process(target=_execute, args=(run_id, dict(environ)), daemon=False)
+    args = (run_id, dict(environ), os.getpid())
+    process = context.Process(target=_execute, args=args, daemon=False)
     process.start()
-    process.join(timeout if timeout > 0 else None)
-    timed_out = process.is_alive()
-    if timed_out:
-        _kill_group(process.pid)
-        process.join()
-        fail_run(
-            instance,
-            run_id,
+    outcome = _wait(process, timeout, stop)
+    if outcome == TIMED_OUT:
+        message = (
             f"the build ran longer than GENOFLOW_JOB_TIMEOUT={timeout:g} s and was ended; "
-            "nothing was published",
+            "nothing was published"
+        )
+    elif outcome == STOPPED:
+        message = (
+            "genoflow serve shut down while this build ran and ended it; nothing was "
+            "published, and a new request builds it again"
         )
     else:
-        fail_run(instance, run_id, f"the build process ended with exit code {process.exitcode}")
-    return timed_out
+        message = f"the build process ended with exit code {process.exitcode}"
+    fail_run(instance, run_id, message)  # only when the run itself did not say how it ended
+    return outcome
+
+
+def _wait(process: Any, timeout: float, stop: threading.Event | None) -> str:
+    """Wait for the build process; kill its group at the cap or when ``stop`` is set."""
+    deadline = time.monotonic() + timeout if timeout > 0 else None
+    outcome = FINISHED
+    while process.is_alive():
+        if stop is not None and stop.is_set():
+            outcome = STOPPED
+        elif deadline is not None and time.monotonic() >= deadline:
+            outcome = TIMED_OUT
+        if outcome != FINISHED:
+            _kill_group(process.pid)
+            break
+        left = deadline - time.monotonic() if deadline is not None else 0.5
+        process.join(max(0.0, min(0.5, left)))
+    process.join()
+    return outcome
 
 
 def _kill_group(pid: int | None) -> None:
@@ -278,12 +316,31 @@ def _kill_group(pid: int | None) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _execute(run_id: str, environ: dict[str, str]) -> None:
-    """The build process: run ``run_id`` in this process, as its own process group."""
+def _watch(server: int) -> None:
+    """Kill this build process's group once its server is gone: its parent (the forkserver,
+    which exits with the server) changed, or the server's pid no longer exists."""
+    parent = os.getppid()
+    while True:
+        time.sleep(WATCH_EVERY)
+        try:
+            os.kill(server, 0)
+            gone = os.getppid() != parent
+        except ProcessLookupError:
+            gone = True
+        except PermissionError:  # the pid now belongs to another user's process
+            gone = True
+        if gone:
+            os.killpg(0, signal.SIGKILL)
+
+
+def _execute(run_id: str, environ: dict[str, str], server: int) -> None:
+    """The build process: run ``run_id`` in this process, as its own process group, for as
+    long as the server process ``server`` lives."""
     from dagster._core.execution.api import execute_run
     from dagster._utils.hosted_user_process import recon_job_from_origin
 
     os.setpgrp()
+    threading.Thread(target=_watch, args=(server,), name="genoflow-watch", daemon=True).start()
     os.environ.clear()
     os.environ.update(environ)
     quiet_warnings()

@@ -18,6 +18,15 @@ Invariants:
 - **A cap, then nothing published.** A build over ``GENOFLOW_JOB_TIMEOUT`` is killed with every
   tool it started and its job fails; the cache's atomic rename means no artifact appears.
 - **Back-off.** After a failure, requests get the failed job until ``retry_at``.
+- **A bounded drain.** :meth:`Builds.close` starts nothing more, releases the jobs still waiting,
+  and gives builds in flight ``grace`` seconds (:data:`DRAIN_GRACE`, as uvicorn's graceful
+  shutdown) to finish; a build still running then is killed with its tools (nothing published:
+  the cache publishes by rename) and its claim released, so the next request, on any server,
+  builds it again. A build process also ends itself when its server process dies (SIGKILL): the
+  claim's owner is then gone and the next request reclaims it at once.
+- **Dagster only when a job exists.** Opening :class:`Builds` and looking up an md5 that has no
+  claim read only the registry; Dagster is imported on the first build or the first claim whose
+  run must be read.
 """
 
 from __future__ import annotations
@@ -27,18 +36,16 @@ import os
 import queue
 import threading
 import time
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
-
-from dagster._core.errors import DagsterError
-from dagster._core.utils import make_new_run_id
 
 from genoflow.build.steps import CHAINS, key_for
 from genoflow.core.errors import GenoflowError, StorageError, redact_text
 from genoflow.core.settings import ServeSettings, Settings
 from genoflow.defs.tags import LAUNCHED_BY, LAUNCHED_BY_SERVE
-from genoflow.instance import launch
-from genoflow.instance.runner import open_instance
 from genoflow.serve.catalog import Source
 from genoflow.storage.cache import Cache
 from genoflow.storage.claims import FAILED, QUEUED, RUNNING, SUCCEEDED, Claim, Claims
@@ -51,6 +58,9 @@ QUEUE_OWNER = "dagster-queue"
 FINISHED = (SUCCEEDED, FAILED)
 # Seconds without a heartbeat after which another process may reclaim a pool's claim.
 STALE_AFTER = 60.0
+# Seconds :meth:`Builds.close` lets builds in flight run before killing them (uvicorn's
+# ``timeout_graceful_shutdown`` in ``genoflow serve``).
+DRAIN_GRACE = 30.0
 
 
 @dataclass(frozen=True)
@@ -102,23 +112,51 @@ class Builds:
         self.registry = Registry(settings.registry_target)
         self.claims = Claims(self.registry)
         self.cache = Cache(settings.cache_root)
-        self.instance = open_instance(settings)
-        self.queued = launch.uses_queue(self.instance)
         self.owner = owner_id()
         self._pending: queue.Queue[Claim | None] = queue.Queue()
         self._mine: dict[str, Claim] = {}  # job id → claim this process runs or will run
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._stopped = threading.Event()
-        workers = 0 if self.queued else serve.builders
-        self._threads = [
-            threading.Thread(target=self._work, name=f"genoflow-builder-{n}", daemon=True)
-            for n in range(workers)
-        ]
-        self._threads.append(threading.Thread(target=self._beat, name="genoflow-heartbeat"))
-        for thread in self._threads:
-            thread.daemon = True
-            thread.start()
+        self._abort = threading.Event()  # set when the drain's grace is over: kill the builds
+        self._opening = threading.Lock()
+        self._instance: Any = None
+        self._queued = False
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def instance(self) -> Any:
+        """The Dagster instance (``genoflow run``'s and the UI's), opened on first use."""
+        return self._dagster()
+
+    @property
+    def queued(self) -> bool:
+        """Whether runs go to the daemon's queue instead of this server's build pool."""
+        self._dagster()
+        return self._queued
+
+    def _dagster(self) -> Any:
+        """Open the instance and, unless runs go to a queue, start the build pool (once)."""
+        with self._opening:
+            if self._instance is not None:
+                return self._instance
+            from genoflow.instance.runner import open_instance
+
+            instance = open_instance(self.settings)
+            self._queued = _launch().uses_queue(instance)
+            workers = 0 if self._queued else self.serve.builders
+            self._threads = [
+                threading.Thread(target=self._work, name=f"genoflow-builder-{n}", daemon=True)
+                for n in range(workers)
+            ]
+            self._threads.append(
+                threading.Thread(target=self._beat, name="genoflow-heartbeat", daemon=True)
+            )
+            if not self._closed.is_set():
+                for thread in self._threads:
+                    thread.start()
+            self._instance = instance
+            return instance
 
     # -- the interface the HTTP layer calls -------------------------------------------------
 
@@ -137,7 +175,7 @@ class Builds:
             current = self._current(claim, source)
             if current is not None:
                 return _job(current)
-            job_id = make_new_run_id()
+            job_id = str(uuid.uuid4())  # a Dagster run id
             owner = QUEUE_OWNER if self.queued else self.owner
             won = self.claims.take(source.md5, source.family, job_id, owner, replacing=claim)
             if won.job_id == job_id:
@@ -155,10 +193,28 @@ class Builds:
             claim = self._refresh(claim)
             if claim is not None and claim.job_id == job_id:
                 return _job(claim)
-        state = launch.run_state(self.instance, job_id)
+        state = _launch().run_state(self.instance, job_id)
         if state is None or state.tags.get(LAUNCHED_BY) != LAUNCHED_BY_SERVE:
             return None
         return Job(job_id, state.md5, state.family, state.status, state.error, None)
+
+    def jobs_of(self, md5s: Iterable[str]) -> dict[str, Job]:
+        """The current job of each md5 that has one (in flight, or the last one that ended),
+        by md5, from the claim table in one query.
+
+        Dagster is read (and imported) only for a claim still in flight that another process
+        runs, to bring it in line with its run; an md5 with no claim costs no Dagster at all.
+        """
+        found: dict[str, Job] = {}
+        for claim in self.claims.of(md5s):
+            current = self._refresh(claim)
+            if current is not None:
+                found[current.md5] = _job(current)
+        return found
+
+    def job_of(self, md5: str) -> Job | None:
+        """The current job of one md5 (see :meth:`jobs_of`), or None when it has none."""
+        return self.jobs_of([md5]).get(md5)
 
     def wait(self, job_id: str, timeout: float) -> Job:
         """The job once it has ended, or as it stands after ``timeout`` seconds.
@@ -178,12 +234,13 @@ class Builds:
 
     def steps(self, job_id: str) -> list[dict[str, Any]]:
         """The job's steps, from its run's events: name, status, start and end (epoch s)."""
-        return launch.steps(self.instance, job_id)
+        return _launch().steps(self.instance, job_id)
 
-    def close(self) -> None:
-        """Drain: start nothing more; builds in flight finish; jobs still waiting are released
-        (their runs canceled), so the next request, here or in another process, starts them
-        again. A build killed with the server is left for reclaim: never half-published."""
+    def close(self, grace: float = DRAIN_GRACE) -> None:
+        """Drain: start nothing more; jobs still waiting are released (their runs canceled);
+        builds in flight get ``grace`` seconds to finish and publish. A build still running
+        then is killed with every tool it started, its run failed and its claim released, so
+        the next request, here or on another server, builds it again: never half-published."""
         if self._closed.is_set():
             return
         self._closed.set()
@@ -194,12 +251,20 @@ class Builds:
                 break
             if waiting is not None:
                 self._release(waiting)
-        for _worker in self._threads[:-1]:
+        workers = [thread for thread in self._threads[:-1] if thread.is_alive()]
+        for _worker in workers:
             self._pending.put(None)
-        for thread in self._threads[:-1]:
-            thread.join()
+        deadline = time.monotonic() + grace
+        for thread in workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in workers):
+            log.warning("builds still running after %g s of shutdown: ending them", grace)
+            self._abort.set()
+            for thread in workers:
+                thread.join()
         self._stopped.set()
-        self._threads[-1].join()
+        if self._threads and self._threads[-1].is_alive():
+            self._threads[-1].join()
         self.registry.close()
 
     # -- claims -------------------------------------------------------------------------------
@@ -227,7 +292,7 @@ class Builds:
         that ended or started moves its claim, fenced."""
         if claim is None or not claim.active or claim.job_id in self._mine:
             return claim
-        state = launch.run_state(self.instance, claim.job_id)
+        state = _launch().run_state(self.instance, claim.job_id)
         if state is None or state.status == claim.status:
             return claim
         if state.status == QUEUED:
@@ -242,12 +307,15 @@ class Builds:
             f"its builder {old.owner} stopped answering (no heartbeat for {self.stale_after:g} s,"
             f" or its process is gone); job {job_id} took over the build"
         )
-        launch.fail_run(self.instance, old.job_id, message)
+        _launch().fail_run(self.instance, old.job_id, message)
 
     # -- the build pool -------------------------------------------------------------------------
 
     def _start(self, claim: Claim) -> Claim:
         """Create the claim's run, then queue it in the pool or submit it to the daemon."""
+        from dagster._core.errors import DagsterError
+
+        launch = _launch()
         try:
             launch.create_run(
                 self.instance,
@@ -272,6 +340,8 @@ class Builds:
         return claim
 
     def _work(self) -> None:
+        from dagster._core.errors import DagsterError
+
         while True:
             claim = self._pending.get()
             if claim is None:
@@ -290,17 +360,25 @@ class Builds:
     def _build(self, claim: Claim) -> None:
         """Run one claimed job in a build process; every claim write is fenced, so a build
         whose claim was reclaimed meanwhile (a late finisher) changes nothing."""
+        launch = _launch()
         running = self.claims.advance(claim, RUNNING)
         if running is None:
             launch.cancel_run(self.instance, claim.job_id, "its claim was taken over")
             return
         with self._lock:
             self._mine[claim.job_id] = running
-        timed_out = launch.run_build(
-            self.instance, claim.job_id, timeout=self.serve.job_timeout, environ=self._environ()
+        outcome = launch.run_build(
+            self.instance,
+            claim.job_id,
+            timeout=self.serve.job_timeout,
+            environ=self._environ(),
+            stop=self._abort,
         )
-        if timed_out:
+        if outcome != launch.FINISHED:
             self.cache.sweep()  # the killed build's temp folders: its owner is dead
+        if outcome == launch.STOPPED:
+            self.claims.release(running)  # fenced: the next request builds it again
+            return
         state = launch.run_state(self.instance, claim.job_id)
         status = state.status if state and state.status in FINISHED else FAILED
         error = (state.error if state else None) or "the build ended without a result"
@@ -331,7 +409,7 @@ class Builds:
             self._mine.pop(claim.job_id, None)
         if self.claims.release(claim):
             message = "genoflow serve stopped before this build started; a new request starts it"
-            launch.cancel_run(self.instance, claim.job_id, message)
+            _launch().cancel_run(self.instance, claim.job_id, message)
 
     def _beat(self) -> None:
         while not self._stopped.wait(self.stale_after / 4):
@@ -343,6 +421,13 @@ class Builds:
                 self.claims.heartbeat(mine)
             except StorageError:  # a busy or unreachable registry: the next beat tries again
                 log.warning("heartbeat of %d build claims failed", len(mine), exc_info=True)
+
+
+def _launch() -> ModuleType:
+    """:mod:`genoflow.instance.launch`, imported on first use (it imports Dagster)."""
+    from genoflow.instance import launch
+
+    return launch
 
 
 def _job(claim: Claim) -> Job:

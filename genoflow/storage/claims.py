@@ -105,6 +105,17 @@ class Claims:
         """The claim ``job_id`` holds now, or None (never held, or replaced since)."""
         return self._one(build_claims.c.job_id == job_id)
 
+    def of(self, md5s: Iterable[str]) -> list[Claim]:
+        """The claims of those md5s that have one, in one query (a page of sources)."""
+        wanted = sorted(set(md5s))
+        if not wanted:
+            return []
+        with self.registry.connect() as connection:
+            rows = connection.execute(
+                sa.select(build_claims).where(build_claims.c.md5.in_(wanted))
+            ).mappings()
+            return [Claim(**row) for row in rows]
+
     def _one(self, where: Any) -> Claim | None:
         with self.registry.connect() as connection:
             row = connection.execute(sa.select(build_claims).where(where)).mappings().first()
