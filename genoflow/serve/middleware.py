@@ -5,10 +5,20 @@ Invariants:
   token), the status and the bytes sent; no header is ever logged, so neither kind of token can
   reach it (uvicorn's own access log is switched off);
 - a request target longer than :data:`MAX_TARGET` answers 414, a path holding a control
-  character (NUL included) 400, a body larger than :data:`MAX_BODY` 413 — before any route runs;
+  character (NUL included) 400, request headers over :data:`MAX_HEADERS` bytes 431, a body
+  larger than :data:`MAX_BODY` 413 — before any route runs; a chunked body (no
+  ``Content-Length``) is read up to the bound first, so it is refused the same way;
 - with a tokens file, every request but a CORS preflight needs a valid bearer token (or passes
-  one of ``app.state.token_checks``, e.g. a signed htsget ticket URL); otherwise 401 with
-  ``WWW-Authenticate: Bearer``.
+  one of ``app.state.token_checks``, e.g. a signed ticket or viewer URL); otherwise 401 with
+  ``WWW-Authenticate: Bearer`` (``error="invalid_token"`` when a token or a signature was
+  presented and refused); an answer to a request that needed a token is never ``public`` to
+  shared caches (its ``Cache-Control: public`` becomes ``private``);
+- on htsget's paths (:func:`is_htsget`) every refusal is htsget's error JSON with the spec's
+  status: InvalidAuthentication 401 (no bearer token, or a wrong one), PermissionDenied 403 (a
+  signed URL, which opens only the file or page it was made for, offered for a ticket),
+  PayloadTooLarge 413, InvalidInput 400 (an overlong target, a control character, oversized
+  headers);
+- no answer ever echoes a token, a signature or a query string.
 """
 
 from __future__ import annotations
@@ -22,16 +32,50 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from genoflow.serve.auth import Tokens, bearer
+from genoflow.serve.htsget import ENDPOINTS
+from genoflow.serve.htsget import MEDIA_TYPE as HTSGET_MEDIA_TYPE
+from genoflow.serve.signing import Signature, signed_query, verify
 
 ACCESS = logging.getLogger("genoflow.serve.access")
 MAX_TARGET = 8192
+MAX_HEADERS = 32768  # bytes of request header names and values together
 MAX_BODY = 1 << 20
 TokenCheck = Callable[[Scope], bool]
+HTSGET_ROOTS = (*(f"/{endpoint.datatype}" for endpoint in ENDPOINTS), "/service-info")
+# The htsget error type of each status a layer here refuses with (the spec's table).
+HTSGET_KIND = {
+    400: "InvalidInput",
+    401: "InvalidAuthentication",
+    403: "PermissionDenied",
+    413: "PayloadTooLarge",
+    414: "InvalidInput",
+    431: "InvalidInput",
+}
+CHALLENGE = b'Bearer realm="genoflow"'
+REFUSED = b'Bearer realm="genoflow", error="invalid_token"'
 
 
-async def _json(send: Send, status: int, body: dict, headers: list | None = None) -> None:
+def is_htsget(path: str) -> bool:
+    """Whether ``path`` is one of htsget's (tickets and service-info), whose errors are
+    htsget's JSON."""
+    return any(path == root or path.startswith(root + "/") for root in HTSGET_ROOTS)
+
+
+async def refuse(
+    scope: Scope, send: Send, status: int, message: str, headers: list | None = None
+) -> None:
+    """Answer ``status`` with ``message``: htsget's error JSON on htsget's paths (and the
+    spec's status for its error type), ``{"error": message}`` elsewhere."""
+    media_type = b"application/json"
+    body: dict = {"error": message}
+    if is_htsget(scope.get("path", "")):
+        kind = HTSGET_KIND[status]
+        status = 400 if kind == "InvalidInput" else status
+        media_type = HTSGET_MEDIA_TYPE.encode()
+        body = {"htsget": {"error": kind, "message": message}}
     payload = json.dumps(body).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw = [(b"content-type", media_type), (b"content-length", str(len(payload)).encode())]
+    raw.append((b"cache-control", b"no-store"))
     await send({"type": "http.response.start", "status": status, "headers": raw + (headers or [])})
     await send({"type": "http.response.body", "body": payload})
 
@@ -74,7 +118,7 @@ class AccessLog:
 
 
 class Bounds:
-    """Refuse oversized targets and bodies and control characters in paths."""
+    """Refuse oversized targets, headers and bodies, and control characters in paths."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -83,18 +127,48 @@ class Bounds:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        problem = self._problem(scope)
+        if problem is not None:
+            await refuse(scope, send, *problem)
+            return
+        headers = Headers(scope=scope)
+        if "content-length" not in headers and "transfer-encoding" in headers:
+            body = await self._read(receive)
+            if body is None:
+                await refuse(scope, send, 413, f"a request body may hold at most {MAX_BODY} bytes")
+                return
+            receive = _replay(body)
+        await self.app(scope, self._bounded(receive), send)
+
+    @staticmethod
+    def _problem(scope: Scope) -> tuple[int, str] | None:
+        """The status and reason that refuse the request's head, or None."""
         target = len(scope.get("raw_path") or scope["path"]) + len(scope.get("query_string", b""))
         if target > MAX_TARGET:
-            await _json(send, 414, {"error": f"the request target is over {MAX_TARGET} bytes"})
-            return
+            return 414, f"the request target is over {MAX_TARGET} bytes"
         if any(ord(char) < 32 or ord(char) == 127 for char in scope["path"]):
-            await _json(send, 400, {"error": "the path holds a control character"})
-            return
+            return 400, "the path holds a control character"
+        if sum(len(name) + len(value) for name, value in scope.get("headers", [])) > MAX_HEADERS:
+            return 431, f"the request headers are over {MAX_HEADERS} bytes"
         length = Headers(scope=scope).get("content-length", "0")
         if not length.isdigit() or int(length) > MAX_BODY:
-            await _json(send, 413, {"error": f"a request body may hold at most {MAX_BODY} bytes"})
-            return
-        await self.app(scope, self._bounded(receive), send)
+            return 413, f"a request body may hold at most {MAX_BODY} bytes"
+        return None
+
+    @staticmethod
+    async def _read(receive: Receive) -> bytes | None:
+        """A chunked body, read whole while it stays within :data:`MAX_BODY`; None beyond."""
+        parts, seen = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(parts)
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY:
+                return None
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(parts)
 
     @staticmethod
     def _bounded(receive: Receive) -> Receive:
@@ -104,11 +178,25 @@ class Bounds:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > MAX_BODY:  # a chunked body with no Content-Length
+            if seen > MAX_BODY:  # more than its Content-Length said
                 return {"type": "http.disconnect"}
             return message
 
         return bounded
+
+
+def _replay(body: bytes) -> Receive:
+    """A ``receive`` that hands the app ``body`` once, then waits for the disconnect."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 class RequireToken:
@@ -125,14 +213,55 @@ class RequireToken:
         self.app, self.tokens, self.checks = app, tokens, checks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or self._allowed(scope):
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        challenge = [(b"www-authenticate", b'Bearer realm="genoflow"')]
-        await _json(send, 401, {"error": "a valid bearer token is required"}, challenge)
+        if self._allowed(scope):
+            await self.app(scope, receive, _private(send))
+            return
+        await refuse(scope, send, *self._refusal(scope))
 
     def _allowed(self, scope: Scope) -> bool:
         token = bearer(Headers(scope=scope))
         if token is not None and self.tokens.allows(token):
             return True
         return any(check(scope) for check in self.checks)
+
+    def _refusal(self, scope: Scope) -> tuple[int, str, list]:
+        """Why the request is refused: status, message and challenge; never echoes what it
+        presented."""
+        presented = Headers(scope=scope).get("authorization")
+        if presented is not None:
+            return 401, "the bearer token is not valid", [(b"www-authenticate", REFUSED)]
+        if signed_query(scope) is not None:
+            if is_htsget(scope["path"]):
+                message = (
+                    "a signed URL opens only the file or page it was made for; "
+                    "an htsget ticket needs a bearer token"
+                )
+                return 403, message, []
+            state = verify(self.tokens.path, scope)
+            if state is Signature.EXPIRED:
+                message = "this signed URL has expired: ask for a new ticket or link"
+            else:
+                message = "this signed URL is not valid for this path"
+            return 401, message, [(b"www-authenticate", REFUSED)]
+        return 401, "a valid bearer token is required", [(b"www-authenticate", CHALLENGE)]
+
+
+def _private(send: Send) -> Send:
+    """``send`` with any ``Cache-Control: public`` made ``private``: a shared cache must not
+    hand an answer that needed a token to a request that has none."""
+
+    async def private(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [
+                (name, value.replace(b"public", b"private"))
+                if name.lower() == b"cache-control"
+                else (name, value)
+                for name, value in message.get("headers", [])
+            ]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return private

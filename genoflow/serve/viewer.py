@@ -13,13 +13,22 @@ Invariants:
 - ``?locus=`` is ``contig`` or ``contig:start-end`` on a contig of the artifact (else 400), so
   igv.js never sends it to a search service;
 - a miss starts the artifact's build like ``/data`` does (one build per md5) and answers 202 with
-  ``Location: /jobs/{id}`` and a page that reloads itself.
+  ``Location: /jobs/{id}`` and a page that reloads itself;
+- with bearer tokens on, a browser (which sends no ``Authorization`` header) opens the page by a
+  signed link from ``GET /links/{id}`` (itself only for a bearer token; a signature never opens
+  ``/links``); every URL the page hands igv.js or links to (the track, its index,
+  ``chrom.sizes``, the scripts, ``/data``, ``/index``) carries its own signature that expires
+  with the link (or :data:`~genoflow.serve.signing.VIEW_TTL` after a bearer request), so no
+  page outlives its link; such a page is ``no-store`` and sends no ``Referer``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
+import time
+from collections.abc import Callable
 from html import escape
 from pathlib import Path
 
@@ -36,6 +45,7 @@ from starlette.routing import Route
 
 from genoflow.serve.catalog import MD5, AmbiguousName, Catalog, Files, Source, UnknownSource
 from genoflow.serve.layout import Layout, NoView, layout, track
+from genoflow.serve.signing import VIEW_TTL, Signature, expiry, sign, verify
 
 WEB = Path(__file__).resolve().parent / "web"
 IGV_DIST = WEB / "node_modules" / "igv" / "dist"
@@ -62,7 +72,12 @@ def _html(title: str, body: str, *, status: int = 200, headers: dict | None = No
         f"<title>{escape(title)} · genoflow</title><style>{_STYLE}</style></head>"
         f"<body>{body}</body></html>"
     )
-    head = {"Content-Security-Policy": CSP, "Cache-Control": "no-cache", **(headers or {})}
+    head = {
+        "Content-Security-Policy": CSP,
+        "Cache-Control": "no-cache",
+        "Referrer-Policy": "no-referrer",
+        **(headers or {}),
+    }
     return HTMLResponse(page, status_code=status, headers=head)
 
 
@@ -84,7 +99,31 @@ def check_locus(text: str, view: Layout) -> str | None:
     return text.strip()
 
 
-def _settings(source: Source, files: Files, view: Layout, locus: str) -> str:
+Signer = Callable[[str], str]
+
+
+def _signer(request: Request) -> tuple[Signer, int | None]:
+    """How the page's URLs are written: signed when tokens are on (expiring with the link that
+    opened the page, or :data:`VIEW_TTL` from now), as plain paths otherwise; and the expiry."""
+    tokens = request.app.state.serve.tokens_file
+    if tokens is None:
+        return (lambda path: path), None
+    expires = None
+    if verify(tokens, request.scope) is Signature.VALID:
+        expires = expiry(request.scope)
+    expires = expires or int(time.time()) + VIEW_TTL
+    return (lambda path: f"{path}?{sign(tokens, path, expires=expires)}"), expires
+
+
+def _signed_track(source: Source, files: Files, signer: Signer) -> dict:
+    config = track(source, files)
+    for key in ("url", "indexURL"):
+        if key in config:
+            config[key] = signer(config[key])
+    return config
+
+
+def _settings(source: Source, files: Files, view: Layout, locus: str, signer: Signer) -> str:
     """The view's settings as JSON that is safe inside a ``<script>`` element."""
     settings = {
         "md5": source.md5,
@@ -95,35 +134,43 @@ def _settings(source: Source, files: Files, view: Layout, locus: str) -> str:
             "reference": {
                 "name": source.names[0],
                 "format": "chromsizes",
-                "url": f"/view/{source.md5}/chrom.sizes",
+                "url": signer(f"/view/{source.md5}/chrom.sizes"),
             },
-            "tracks": [track(source, files)],
+            "tracks": [_signed_track(source, files, signer)],
         },
     }
     text = json.dumps(settings)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _page(source: Source, files: Files, view: Layout, locus: str) -> Response:
+def _page(
+    source: Source, files: Files, view: Layout, locus: str, signed: tuple[Signer, int | None]
+) -> Response:
     md5 = source.md5
+    signer, expires = signed
     links = " · ".join(
-        f'<a href="{href}">{label}</a>'
+        f'<a href="{escape(href)}">{label}</a>'
         for href, label in (
-            (f"/data/{md5}", "data"),
-            (f"/index/{md5}", "index"),
+            (signer(f"/data/{md5}"), "data"),
+            (signer(f"/index/{md5}"), "index"),
             ("/", "all sources"),
         )
     )
-    settings = _settings(source, files, view, locus)
+    settings = _settings(source, files, view, locus, signer)
+    scripts = "".join(
+        f'<script src="{escape(signer(path))}"></script>'
+        for path in ("/static/igv/igv.min.js", "/static/view.js")
+    )
     body = (
         f"<header><h1>{escape(', '.join(source.names))}</h1>"
         f"<p>{escape(source.format)} · md5 <code>{md5}</code> · {links}</p>"
         f'<p>region <code id="locus">{escape(locus)}</code></p></header>'
         '<div id="igv"></div><p id="status" role="status"></p>'
         f'<script type="application/json" id="genoflow-view">{settings}</script>'
-        '<script src="/static/igv/igv.min.js"></script><script src="/static/view.js"></script>'
+        f"{scripts}"
     )
-    return _html(source.names[0], body)
+    headers = {} if expires is None else {"Cache-Control": "no-store"}
+    return _html(source.names[0], body, headers=headers)
 
 
 def _resolve(catalog: Catalog, ident: str) -> tuple[Source, Files | None, Layout | None]:
@@ -162,7 +209,7 @@ async def view(request: Request) -> Response:
             names = ", ".join(name for name, _ in view_layout.sizes[:20])
             text = f"locus must be contig or contig:start-end on one of: {names}"
             return _message("Bad locus", text, 400)
-    return _page(source, files, view_layout, locus)
+    return _page(source, files, view_layout, locus, _signer(request))
 
 
 async def _building(request: Request, source: Source) -> Response:
@@ -211,10 +258,50 @@ async def static(request: Request) -> Response:
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
+def _links_body(request: Request, source: Source) -> dict:
+    """A source's URLs, signed to expire together when tokens are on."""
+    serve = request.app.state.serve
+    base = serve.public_url or str(request.base_url).rstrip("/")
+    tokens, md5 = serve.tokens_file, source.md5
+    expires = None if tokens is None else int(time.time()) + VIEW_TTL
+
+    def url(path: str) -> str:
+        return base + path + ("" if expires is None else f"?{sign(tokens, path, expires=expires)}")
+
+    passthrough = source.family == "passthrough"
+    return {
+        "md5": md5,
+        "expires": None
+        if expires is None
+        else dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(),
+        "view": None if passthrough else url(f"/view/{md5}"),
+        "data": url(f"/data/{md5}"),
+        "index": None if passthrough else url(f"/index/{md5}"),
+    }
+
+
+async def links(request: Request) -> Response:
+    """``GET /links/{id}``: the source's viewer, data and index URLs; with tokens on, signed to
+    last :data:`VIEW_TTL` seconds, so a browser or a tool that sends no header can open them.
+    The middleware lets only a bearer token through here (a signature never opens ``/links``)."""
+    catalog: Catalog = request.app.state.catalog
+    ident = request.path_params["ident"]
+    try:
+        source = await run_in_threadpool(catalog.resolve, ident)
+    except UnknownSource:
+        return JSONResponse({"error": "no registered source has this md5 or name"}, 404)
+    except AmbiguousName as exc:
+        message = "several sources have this name: ask for one by md5"
+        return JSONResponse({"error": message, "md5s": exc.md5s}, 409)
+    body = await run_in_threadpool(_links_body, request, source)
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
 def routes() -> list[Route]:
     """The viewer's routes, for :func:`genoflow.serve.app.create_app`."""
     methods = ["GET", "HEAD"]
     return [
+        Route("/links/{ident:path}", links, methods=["GET"]),
         Route("/view/{md5}/chrom.sizes", chrom_sizes, methods=methods),
         Route("/view/{ident:path}", view, methods=methods),
         Route("/static/{name:path}", static, methods=methods),
