@@ -9,11 +9,8 @@ the system tests run ``genoflow serve`` for real.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
-import shutil
-import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -24,14 +21,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from genoflow.core.checksums import md5_file
-from genoflow.core.settings import ServeSettings, Settings
+from genoflow.core.settings import ConfigError, ServeSettings, Settings
 from genoflow.serve.app import create_app
 from genoflow.serve.htsget import MAX_REGIONS
 from genoflow.serve.middleware import MAX_BODY, MAX_HEADERS, MAX_TARGET
 from genoflow.serve.signing import TICKET_TTL, VIEW_TTL, sign
-from genoflow_tests.conftest import REPO, require_tool, run_cli
-from genoflow_tests.support.serve import DEMO, build_home, serving
-from genoflow_tests.support.unavailable import unavailable
+from genoflow_tests.conftest import REPO, run_cli
+from genoflow_tests.support.serve import DEMO, build_home
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -158,7 +154,8 @@ def test_with_tokens_an_answer_is_private_to_shared_caches(client, tokens):
 def test_links_need_a_bearer_token_and_no_signature_ever_mints_one(client, tokens):
     assert client.get(f"/links/{BAM}").status_code == 401
     assert client.get(_signed(tokens, f"/links/{BAM}")).status_code == 401
-    assert client.get(_signed(tokens, f"/view/{BAM}").replace("/view/", "/links/")).status_code == 401
+    moved = _signed(tokens, f"/view/{BAM}").replace("/view/", "/links/")
+    assert client.get(moved).status_code == 401
     answer = client.get("/links/sample3.bam", headers=BEARER)
     assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
     links = answer.json()
@@ -282,3 +279,42 @@ def test_a_ticket_takes_at_most_max_regions(client):
     assert str(MAX_REGIONS) in over.json()["htsget"]["message"]
     at = client.post(f"/reads/{BAM}", json={"regions": [region] * MAX_REGIONS}, headers=BEARER)
     assert at.status_code == 200, at.text
+
+
+def test_concurrent_builds_are_bounded_by_serve_builders(tmp_path, monkeypatch):
+    """Two misses for distinct md5s with one builder: both jobs are taken at once, but the
+    second run starts only after the first ended (it waited in the queue, no second fork)."""
+    from genoflow.serve.builds import Builds
+    from genoflow.serve.catalog import Source
+
+    home = tmp_path / "home"
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    rows = ["name\turi\tmd5"]
+    for n in range(2):
+        path = sources / f"peaks{n}.bed"
+        path.write_text((DEMO / "demo" / "enhancers.bed").read_text() + f"chr22\t{n}\t{n + 9}\n")
+        rows.append(f"{path.name}\t{path}\t{md5_file(path)}")
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("\n".join(rows) + "\n")
+    done = run_cli(home, "register", str(manifest), env={"GENOFLOW_ALLOWED_ROOTS": str(sources)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    monkeypatch.setenv("GENOFLOW_HOME", str(home))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    settings = Settings.from_env({"GENOFLOW_HOME": str(home), "GENOFLOW_THREADS": "1"})
+    builds = Builds(settings, ServeSettings(builders=1))
+    try:
+        jobs = [
+            builds.request(Source(row.split("\t")[2], "intervals", "bed", (row.split("\t")[0],)))
+            for row in rows[1:]
+        ]
+        assert len({job.id for job in jobs}) == 2
+        ended = [builds.wait(job.id, 240) for job in jobs]
+        assert [job.status for job in ended] == ["succeeded", "succeeded"], ended
+        records = [builds.instance.get_run_record_by_id(job.id) for job in jobs]
+        first, second = sorted(records, key=lambda record: record.start_time)
+        assert first.end_time <= second.start_time, (first, second)
+    finally:
+        builds.close()
+    with pytest.raises(ConfigError, match="GENOFLOW_SERVE_BUILDERS"):
+        ServeSettings.from_env({"GENOFLOW_SERVE_BUILDERS": "65"})
