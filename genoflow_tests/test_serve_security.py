@@ -9,8 +9,11 @@ the system tests run ``genoflow serve`` for real.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import shutil
+import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -26,8 +29,9 @@ from genoflow.serve.app import create_app
 from genoflow.serve.htsget import MAX_REGIONS
 from genoflow.serve.middleware import MAX_BODY, MAX_HEADERS, MAX_TARGET
 from genoflow.serve.signing import TICKET_TTL, VIEW_TTL, sign
-from genoflow_tests.conftest import REPO, run_cli
-from genoflow_tests.support.serve import DEMO, build_home
+from genoflow_tests.conftest import REPO, require_tool, run_cli
+from genoflow_tests.support.serve import DEMO, build_home, serving
+from genoflow_tests.support.unavailable import unavailable
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -318,3 +322,71 @@ def test_concurrent_builds_are_bounded_by_serve_builders(tmp_path, monkeypatch):
         builds.close()
     with pytest.raises(ConfigError, match="GENOFLOW_SERVE_BUILDERS"):
         ServeSettings.from_env({"GENOFLOW_SERVE_BUILDERS": "65"})
+
+
+# -- against a running server -------------------------------------------------------------------
+
+PUBLIC = "http://genoflow.example.org:8080"
+
+
+def _call(
+    base: str, target: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    parts = urllib.parse.urlsplit(base)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        connection.request(method, target, headers=headers or {})
+        answer = connection.getresponse()
+        return answer.status, dict(answer.getheaders()), answer.read()
+    finally:
+        connection.close()
+
+
+def _local(url: str) -> str:
+    """The path and query of a URL the server wrote (absolute, under its public URL)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path
+
+
+def _node() -> str:
+    node = shutil.which("node")
+    if node is None:
+        unavailable("node is not on PATH: apt-get install nodejs npm (CI's .ci/run does)")
+    if not (JS / "node_modules" / "playwright-core").is_dir():
+        unavailable("the JavaScript test clients are not installed: run `make test-clients`")
+    if not IGV.is_file():
+        unavailable("igv.js is not installed: run `make web`")
+    return node
+
+
+@pytest.mark.system
+@pytest.mark.timeout(600)
+def test_igv_js_in_chromium_opens_a_signed_view_link_with_tokens_on(home, tokens, tmp_path):
+    chromium = require_tool("chromium")
+    node = _node()
+    env = {"GENOFLOW_SERVE_TOKENS": str(tokens)}
+    with serving(home, tmp_path / "serve.log", env) as base:
+        assert _call(base, f"/view/{BAM}")[0] == 401
+        status, _, body = _call(base, f"/links/{BAM}", BEARER)
+        assert status == 200
+        link = base + _local(json.loads(body)["view"])
+        shot = tmp_path / "viewer-signed.png"
+        done = subprocess.run(
+            [node, "view.mjs", chromium, link, str(shot)],
+            cwd=JS,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["view"] == "ready", report
+    [track] = report["tracks"]
+    assert track["features"] > 0, report
+    assert not report["failed"], report["failed"]
+    # Everything the page loaded came from the server, each URL with its own signature.
+    assert all(url.startswith(base + "/") for url in report["requests"]), report["requests"]
+    assert all("sig=" in url for url in report["requests"]), report["requests"]
+    assert not [line for line in report["console"] if "pageerror" in line], report["console"]
+    assert shot.stat().st_size > 10_000
