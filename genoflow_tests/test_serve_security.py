@@ -390,3 +390,113 @@ def test_igv_js_in_chromium_opens_a_signed_view_link_with_tokens_on(home, tokens
     assert all("sig=" in url for url in report["requests"]), report["requests"]
     assert not [line for line in report["console"] if "pageerror" in line], report["console"]
     assert shot.stat().st_size > 10_000
+
+
+def _sigs(text: str) -> set[str]:
+    return set(re.findall(r"sig=([A-Za-z0-9_-]+)", text))
+
+
+def _dagster_text(home: Path, job_id: str) -> tuple[str, list]:
+    """Everything the Dagster UI shows of a run (tags, config, event log) as one text, and the
+    run's materializations."""
+    from dagster import DagsterEventType, DagsterInstance
+    from dagster._serdes import serialize_value
+
+    dagster_home = Settings.from_env({"GENOFLOW_HOME": str(home)}).dagster_home
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        run = instance.get_run_by_id(job_id)
+        assert run is not None
+        entries = instance.all_logs(job_id)
+        text = serialize_value(run) + "\n".join(serialize_value(entry) for entry in entries)
+        materialized = [
+            entry.asset_materialization
+            for entry in entries
+            if entry.dagster_event
+            and entry.dagster_event.event_type == DagsterEventType.ASSET_MATERIALIZATION
+        ]
+    return text, materialized
+
+
+@pytest.mark.system
+@pytest.mark.timeout(600)
+def test_tokens_and_signatures_never_appear_in_logs_jobs_metadata_the_run_or_errors(
+    home, tokens, tmp_path
+):
+    wrong, query_secret = "wrong-token-77aa19", "query-secret-3e8d"
+    env = {
+        "GENOFLOW_SERVE_TOKENS": str(tokens),
+        "GENOFLOW_PUBLIC_URL": PUBLIC,
+        "GENOFLOW_DAGSTER_URL": "http://dagster.example.org:3000",
+    }
+    log = tmp_path / "serve.log"
+    answers: list[bytes] = []  # every body and header the server sent
+    with serving(home, log, env) as base:
+
+        def call(target: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+            status, head, body = _call(base, target, headers)
+            answers.append(json.dumps(head).encode() + body)
+            return status, head, body
+
+        _, _, links = call(f"/links/{BED}", BEARER)
+        view = _local(json.loads(links)["view"])
+        assert call(view)[0] == 200
+        ticket_at = f"/variants/{VCF}?referenceName=chr1&start=0&end=100000"
+        status, _, ticket = call(ticket_at, BEARER)
+        assert status == 200
+        urls = json.loads(ticket)["htsget"]["urls"]
+        first = next(url for url in urls if url["url"].startswith(PUBLIC))
+        assert call(_local(first["url"]), first["headers"])[0] == 206
+        signatures = _sigs(links.decode()) | _sigs(answers[1].decode()) | _sigs(ticket.decode())
+        assert len(signatures) >= 5
+        forged = "A" + sorted(signatures)[0][1:]
+        signatures.add(forged)
+        refused = [
+            (f"/data/{BAM}?token={query_secret}", {}, 401),
+            (ticket_at, {"Authorization": f"Bearer {wrong}"}, 401),
+            (f"/reads/{BAM}?exp=1&sig={forged}", {}, 403),
+            (f"/data/{BAM}?exp=9999999999&sig={forged}", {}, 401),
+            (f"/data/{'0' * 32}?token={query_secret}", BEARER, 404),
+            (f"/variants/{'0' * 32}?sig={forged}", BEARER, 404),
+        ]
+        refusals = []
+        for target, headers, expected in refused:
+            status, head, body = call(target, headers)
+            assert status == expected, target
+            refusals.append(json.dumps(head).encode() + body)
+        # A miss through a token and a signed view link starts one build, a Dagster run.
+        status, head, _ = call(f"/data/{COHORT}?token={query_secret}", BEARER)
+        assert status == 202, head
+        job = head["location"]
+        status, _, links = call(f"/links/{COHORT}", BEARER)
+        signatures |= _sigs(links.decode())
+        assert call(_local(json.loads(links)["view"]))[0] == 202
+        deadline = time.monotonic() + 300
+        while json.loads(call(job, BEARER)[2])["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, "the build did not end within 300 s"
+            time.sleep(1)
+        status, _, done = call(job, BEARER)
+        assert json.loads(done)["status"] == "succeeded", done
+        assert call("/", BEARER)[0] == 200
+    dagster, materialized = _dagster_text(home, job.rsplit("/", 1)[1])
+    assert materialized
+    metadata = json.dumps([{k: str(v.value) for k, v in m.metadata.items()} for m in materialized])
+    assert f"{PUBLIC}/view/{COHORT}" in metadata
+    places = {
+        "access log": log.read_text(),
+        "answers": b"\n".join(answers).decode("latin-1"),
+        "jobs": done.decode(),
+        "metadata": metadata,
+        "dagster run": dagster,
+    }
+    assert '"GET /links/' in places["access log"] and '"GET /reads/' in places["access log"]
+    secrets = {TOKEN, wrong, query_secret, str(tokens.read_text()).strip()}
+    for place, text in places.items():
+        for secret in secrets:
+            assert secret not in text, (place, secret)
+        if place != "answers":  # the server hands out signatures, and nowhere else
+            assert not _sigs(text) and not [s for s in signatures if s in text], place
+    # The refusals echo no token, signature or query: only the answers that mint signatures
+    # carry any.
+    for body in refusals:
+        assert b"sig=" not in body and query_secret.encode() not in body, body
+        assert not [s for s in signatures if s.encode() in body], body
