@@ -12,7 +12,9 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import select
 import shutil
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -500,3 +502,45 @@ def test_tokens_and_signatures_never_appear_in_logs_jobs_metadata_the_run_or_err
     for body in refusals:
         assert b"sig=" not in body and query_secret.encode() not in body, body
         assert not [s for s in signatures if s.encode() in body], body
+
+
+def _raw(base: str, head: bytes, body: bytes = b"", *, piece: int = 65536) -> bytes:
+    """Send a raw request (``head`` then ``body``, in pieces) and read the answer, also while
+    sending (the server may answer and close before the request is all sent); b"" when it
+    closed without an answer."""
+    parts = urllib.parse.urlsplit(base)
+    answer = b""
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as connection:
+        try:
+            data = head + body
+            for start in range(0, len(data), piece):
+                connection.sendall(data[start : start + piece])
+                while select.select([connection], [], [], 0)[0]:
+                    if not (chunk := connection.recv(65536)):
+                        return answer
+                    answer += chunk
+            while chunk := connection.recv(65536):
+                answer += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+    return answer
+
+
+@pytest.mark.system
+def test_a_running_server_bounds_request_heads_and_chunked_bodies(home, tokens, tmp_path):
+    env = {"GENOFLOW_SERVE_TOKENS": str(tokens)}
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    with serving(home, tmp_path / "serve.log", env) as base:
+        huge = b"GET /data/x HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 20_000_000 + b"\r\n\r\n"
+        started = time.monotonic()
+        answer = _raw(base, huge)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        assert time.monotonic() - started < 20
+        big = b"GET /service-info HTTP/1.1\r\nHost: a\r\n" + auth
+        answer = _raw(base, big + b"X-Big: " + b"a" * (MAX_HEADERS + 10) + b"\r\n\r\n", piece=4096)
+        assert answer.startswith(b"HTTP/1.1 400 ") and b'"InvalidInput"' in answer, answer[:300]
+        chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+        post = f"POST /reads/{BAM} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+        answer = _raw(base, post.encode() + auth + b"\r\n", chunk * (MAX_BODY // 65536 + 2))
+        assert answer.startswith(b"HTTP/1.1 413 ") and b'"PayloadTooLarge"' in answer, answer
+        assert _call(base, f"/data/{BAM}", {**BEARER, "Range": "bytes=0-9"})[0] == 206

@@ -364,6 +364,7 @@ def cmd_serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
 
     from genoflow.core.settings import ServeSettings
     from genoflow.serve.app import create_app, log_config
+    from genoflow.serve.protocol import uvicorn_options
 
     serve = ServeSettings.from_env()
     create_app(settings, serve)  # refuses a bad setting or tokens file before listening
@@ -378,6 +379,7 @@ def cmd_serve(settings: Settings, *, host: str, port: int, workers: int) -> int:
         log_config=log_config(),
         server_header=False,
         timeout_graceful_shutdown=30,
+        **uvicorn_options(),  # an overlong request head is refused before it is buffered
     )
     return 0
 
