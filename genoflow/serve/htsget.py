@@ -18,6 +18,8 @@ Invariants:
   with bearer tokens on, each ``/data`` URL is HMAC-signed (:mod:`genoflow.serve.signing`), so a
   client that forwards no header still reads it;
 - every error is htsget's JSON ``{"htsget": {"error": …, "message": …}}`` with the spec's status;
+  those raised before a route runs (InvalidAuthentication, PermissionDenied, PayloadTooLarge and
+  the request bounds) come from :mod:`genoflow.serve.middleware` in the same shape;
 - a miss starts (or joins) the md5's one build and waits up to ``GENOFLOW_HTSGET_WAIT``
   seconds; not done by then, the answer is 503 with ``Retry-After``.
 """
