@@ -477,3 +477,5 @@ def test_concurrent_misses_across_two_worker_processes_start_one_run_with_one_jo
         _wait_served(base, md5)
     runs = _serve_runs(home, md5)
     assert [run.run_id for run in runs] == [job_id]
+    started = re.findall(r"Started server process \[(\d+)\]", (tmp_path / "serve.log").read_text())
+    assert len(set(started)) == 2  # two uvicorn worker processes answered
