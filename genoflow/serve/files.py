@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
+import weakref
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +29,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from genoflow.core.formats import FORMAT_SUFFIX
-from genoflow.serve.catalog import MD5, AmbiguousName, Catalog, Files, Source, UnknownSource
+from genoflow.serve.catalog import (
+    MD5,
+    MEMO_SIZE,
+    AmbiguousName,
+    Catalog,
+    Files,
+    Source,
+    UnknownSource,
+)
 from genoflow.serve.ranges import Representation, file_response
 
 MAX_IDENT = 1024
@@ -88,6 +98,35 @@ def _located(catalog: Catalog, ident: str, raw: bool) -> tuple[Source, Files | N
     return source, None if artifact is None else Files(artifact, artifact.main, None)
 
 
+# Published files found per catalog, by (identifier, raw), until the catalog's memo_seconds pass.
+_Hot = dict[tuple[str, bool], tuple[float, Source, Files]]
+_HOT: weakref.WeakKeyDictionary[Catalog, _Hot] = weakref.WeakKeyDictionary()
+
+
+async def _locate(catalog: Catalog, ident: str, raw: bool) -> tuple[Source, Files | None]:
+    """:func:`_located`, answered on the event loop while a hit is remembered (a range read then
+    costs no thread hand-off); anything else (first sight, a miss, expiry) asks the catalog in a
+    worker thread, since that may query the registry and read a marker."""
+    hot = _HOT.setdefault(catalog, {})
+    found = hot.get((ident, raw))
+    if found is not None and found[0] > time.monotonic():
+        return found[1], found[2]
+    source, files = await run_in_threadpool(_located, catalog, ident, raw)
+    if files is not None:
+        if len(hot) >= MEMO_SIZE:
+            hot.clear()  # bounded: a flood of distinct ids costs lookups, never memory
+        hot[(ident, raw)] = (time.monotonic() + catalog.memo_seconds, source, files)
+    return source, files
+
+
+def _forget(catalog: Catalog, source: Source) -> None:
+    """Drop what is remembered of a source's files, here and in the catalog."""
+    hot = _HOT.get(catalog, {})
+    for key in [key for key, found in hot.items() if found[1].md5 == source.md5]:
+        hot.pop(key, None)
+    catalog.forget(source)
+
+
 async def serve(request: Request, ident: str, want: str, *, raw: bool = False) -> Response:
     """Answer a GET or HEAD for a source's ``data`` or ``index`` file.
 
@@ -101,7 +140,7 @@ async def serve(request: Request, ident: str, want: str, *, raw: bool = False) -
         return _problem(404, "no registered source has this md5 or name")
     catalog: Catalog = request.app.state.catalog
     try:
-        source, files = await run_in_threadpool(_located, catalog, ident, raw)
+        source, files = await _locate(catalog, ident, raw)
     except UnknownSource:
         return _problem(404, "no registered source has this md5 or name", id=ident)
     except AmbiguousName as exc:
@@ -114,7 +153,7 @@ async def serve(request: Request, ident: str, want: str, *, raw: bool = False) -
     if path is None:
         return _problem(404, f"{source.format} files have no index", md5=source.md5)
     if not path.is_file():  # removed under us (repair, invalidation): look again next time
-        catalog.forget(source)
+        _forget(catalog, source)
         return await _miss(request, source)
     return file_response(request.headers, request.method, _representation(files, path))
 
