@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 GENOFLOW_HOME ?= $(CURDIR)/.genoflow
 export GENOFLOW_HOME
 
-.PHONY: demo test serve web test-clients dev bench lint format clean cluster-demo cluster-tools stress-races node-tools
+.PHONY: demo test serve web test-clients dev bench bench-serve lint format clean cluster-demo cluster-tools stress-races node-tools
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,9 @@ dev: $(VENV)/.installed
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run.py
+
+bench-serve: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/serve.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

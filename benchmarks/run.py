@@ -219,7 +219,9 @@ def main(argv: list[str]) -> int:
     if small is not None:
         print(f"{small.files} small files: {small.wall:.1f} s", flush=True)
     text = report(runs, inputs, args, peak, hit, small)
-    args.output.write_text(text)
+    from serve import kept_section  # serve.py's section of the same file survives this run
+
+    args.output.write_text(text + kept_section(args.output))
     print(text)
     failed = any(r.error for r in runs) or (peak is not None and peak[0].error is not None)
     failed = failed or any(x is not None and x.error for x in (hit, small))
