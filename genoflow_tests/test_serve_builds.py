@@ -522,3 +522,23 @@ def test_close_kills_a_build_still_running_after_its_grace_and_releases_its_clai
         assert len(_published(home, source.md5)) == 3
     finally:
         again.close()
+
+
+def test_a_miss_while_the_server_shuts_down_answers_503_with_retry_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genoflow.serve.app import create_app
+
+    home = tmp_path / "home"
+    source = _register(home)
+    monkeypatch.setenv("GENOFLOW_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    app = create_app(_settings(home), ServeSettings())
+    with TestClient(app) as client:
+        app.state.builds._open().close(grace=0)  # the lifespan's shutdown has begun
+        for path in (f"/data/{source.md5}", f"/index/{source.md5}", f"/view/{source.md5}"):
+            answer = client.get(path)
+            assert answer.status_code == 503, (path, answer.text)
+            assert answer.headers["Retry-After"] == "5"
+            assert answer.json()["error"] == "ServiceUnavailable"
+    assert _published(home, source.md5) == []

@@ -161,10 +161,10 @@ async def serve(request: Request, ident: str, want: str, *, raw: bool = False) -
 async def _miss(request: Request, source: Source) -> Response:
     if request.method == "HEAD":
         return _problem(404, "not built yet: a GET starts its build", md5=source.md5)
-    from genoflow.serve.jobs import miss_response  # the jobs module answers for its jobs
+    from genoflow.serve.jobs import miss_response, start_build  # the jobs module answers
 
-    job = await run_in_threadpool(request.app.state.builds.request, source)
-    return miss_response(job)
+    job = await start_build(request, source)
+    return job if isinstance(job, Response) else miss_response(job)
 
 
 async def data(request: Request) -> Response:

@@ -23,11 +23,13 @@ from genoflow.core.errors import redact_text
 
 if TYPE_CHECKING:  # builds imports Dagster: the app loads it only on a miss
     from genoflow.serve.builds import Builds, Job
+    from genoflow.serve.catalog import Source
 
 # Dagster run ids are UUIDs; anything else is answered without a lookup.
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Seconds a client is asked to wait before polling a job that is queued or running.
 POLL_AFTER = {"queued": 5, "running": 2, "succeeded": 0}
+CLOSED_RETRY_AFTER = 5  # seconds: a restarted server, or another one, takes the build
 
 
 def routes() -> list[Route]:
@@ -79,6 +81,20 @@ def job_body(job: Job, dagster_url: str | None = None) -> dict[str, Any]:
     if dagster_url:
         body["dagster_run"] = f"{dagster_url}/runs/{job.id}"
     return body
+
+
+async def start_build(request: Request, source: Source) -> Job | Response:
+    """Start (or join) the build of ``source``; while the server shuts down, the answer is
+    ``503 Service Unavailable`` with ``Retry-After`` instead (another server, or this one once
+    restarted, will build it)."""
+    from genoflow.serve.builds import BuildsClosed
+
+    try:
+        return await run_in_threadpool(request.app.state.builds.request, source)
+    except BuildsClosed:
+        body = {"error": "ServiceUnavailable", "message": "the server is shutting down; ask again"}
+        headers = {"Retry-After": str(CLOSED_RETRY_AFTER), "Cache-Control": "no-store"}
+        return JSONResponse(body, status_code=503, headers=headers)
 
 
 def miss_response(job: Job) -> Response:

@@ -215,9 +215,11 @@ async def view(request: Request) -> Response:
 async def _building(request: Request, source: Source) -> Response:
     if request.method == "HEAD":
         return _message("Not built yet", "not built yet: a GET starts its build", 404)
-    from genoflow.serve.jobs import miss_response  # the jobs module answers for its jobs
+    from genoflow.serve.jobs import miss_response, start_build  # the jobs module answers
 
-    job = await run_in_threadpool(request.app.state.builds.request, source)
+    job = await start_build(request, source)
+    if isinstance(job, Response):
+        return job
     answer = miss_response(job)
     headers = {k: v for k, v in answer.headers.items() if k in ("location", "retry-after")}
     wait = headers.get("retry-after", "5")
