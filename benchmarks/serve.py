@@ -403,10 +403,10 @@ class Client:
         self.conn.close()
 
 
-def ticket_bytes(ticket: dict, sizes: dict[str, int]) -> int:
+def ticket_bytes(ticket: dict, whole: int) -> int:
     """The bytes a client fetches to follow ``ticket``: inline data, then per URL its Range
     header, else its ``start``/``end`` query (htsgetr's form, end exclusive), else the whole
-    file (``sizes``, by URL without query)."""
+    file (``whole`` bytes)."""
     total = 0
     for item in ticket["htsget"]["urls"]:
         url = item["url"]
@@ -421,19 +421,11 @@ def ticket_bytes(ticket: dict, sizes: dict[str, int]) -> int:
         elif "start" in query and "end" in query:
             total += int(query["end"]) - int(query["start"])
         else:
-            whole = sizes.get(url.split("?")[0]) or _content_length(url)
-            sizes[url.split("?")[0]] = whole
             total += whole - (int(match.group(1)) if match else 0)
     return total
 
 
-def _content_length(url: str) -> int:
-    request = urllib.request.Request(url, method="HEAD")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return int(response.headers["Content-Length"])
-
-
-def one_ticket(client: Client, target: str, into: Tickets, sizes: dict[str, int]) -> None:
+def one_ticket(client: Client, target: str, into: Tickets, whole: int) -> None:
     began = time.perf_counter()
     status, body = client.get(target)
     into.ms.append((time.perf_counter() - began) * 1000)
@@ -441,7 +433,7 @@ def one_ticket(client: Client, target: str, into: Tickets, sizes: dict[str, int]
         into.errors.append(f"{status} {target}: {body[:200]!r}")
         return
     ticket = json.loads(body)
-    into.fetch.append(ticket_bytes(ticket, sizes))
+    into.fetch.append(ticket_bytes(ticket, whole))
     if len(into.fetch) <= FOLLOWED:
         for item in ticket["htsget"]["urls"]:
             if not item["url"].startswith("data:"):
@@ -472,18 +464,18 @@ def htsget(args: argparse.Namespace, bam: Artifact, vcf: Artifact, home: Path) -
     with htsgetr_serve(links) as peer, genoflow_serve(home, args.workers, "genoflow-htsget") as (
         ours, _,
     ):  # fmt: skip
-        for kind, md5 in (("reads", bam.md5), ("variants", vcf.md5)):
-            ids = {"genoflow": (ours, md5), "htsgetr": (peer, "bench")}
-            results += _tickets(kind, ids, regions(contigs, args.regions, seed=14))
+        for kind, art in (("reads", bam), ("variants", vcf)):
+            ids = {"genoflow": (ours, art.md5), "htsgetr": (peer, "bench")}
+            whole = art.data.stat().st_size
+            results += _tickets(kind, ids, regions(contigs, args.regions, seed=14), whole)
     return results
 
 
 def _tickets(
-    kind: str, ids: dict[str, tuple[str, str]], chosen: list[tuple[str, int, int]]
+    kind: str, ids: dict[str, tuple[str, str]], chosen: list[tuple[str, int, int]], whole: int
 ) -> list[Tickets]:
     clients = {side: Client(base) for side, (base, _) in ids.items()}
     out = {side: Tickets(side, kind) for side in ids}
-    sizes: dict[str, int] = {}
     try:
         for side, (_, ident) in ids.items():  # warm-up: one header ticket each
             clients[side].get(f"/{kind}/{ident}?class=header")
@@ -491,7 +483,7 @@ def _tickets(
             order = list(ids) if i % 2 == 0 else list(reversed(ids))
             for side in order:
                 query = f"referenceName={name}&start={start}&end={end}"
-                one_ticket(clients[side], f"/{kind}/{ids[side][1]}?{query}", out[side], sizes)
+                one_ticket(clients[side], f"/{kind}/{ids[side][1]}?{query}", out[side], whole)
     finally:
         for client in clients.values():
             client.close()
@@ -790,33 +782,27 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on `timeout`
-    parts = []
+    today = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = shlex.join(["python", "benchmarks/serve.py", *args.argv])
+    parts = [f"## Serving\n\nRun on {today} with `{command}`.\n"]
     if {"ranges", "htsget", "memory"} & set(args.only):
         home, bam, vcf = build_home(args.scale)
         size = f"{bam.data.stat().st_size / 1e6:.0f} MB BAM"
-    if "ranges" in args.only:
-        loads = range_reads(args, bam, home)
-        parts.append(
-            f"### Range reads ({size})\n\n{ranges_section(loads, args.workers, args.seconds)}"
-        )
-    if "htsget" in args.only:
-        tickets = htsget(args, bam, vcf, home)
-        vcf_mb = vcf.data.stat().st_size / 1e6
-        parts.append(
-            f"### htsget tickets ({size}, {vcf_mb:.0f} MB VCF.gz)\n\n"
-            f"{htsget_section(tickets, args.regions)}"
-        )
-    if "memory" in args.only:
-        parts.append(
-            f"### Server memory\n\n{memory_section(memory(args, bam, home), args.workers)}"
-        )
-    if "miss" in args.only:
-        parts.append(f"### Miss to first byte\n\n{miss_section(miss(args))}")
-    today = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    command = shlex.join(["python", "benchmarks/serve.py", *args.argv])
-    text = f"## Serving\n\nRun on {today} with `{command}`.\n\n" + "\n".join(parts)
-    write_section(args.output, text)
-    print(text)
+    for section in args.only:  # each section is written as soon as it is measured
+        if section == "ranges":
+            text = ranges_section(range_reads(args, bam, home), args.workers, args.seconds)
+            parts.append(f"### Range reads ({size})\n\n{text}")
+        elif section == "htsget":
+            text = htsget_section(htsget(args, bam, vcf, home), args.regions)
+            vcf_mb = vcf.data.stat().st_size / 1e6
+            parts.append(f"### htsget tickets ({size}, {vcf_mb:.0f} MB VCF.gz)\n\n{text}")
+        elif section == "memory":
+            text = memory_section(memory(args, bam, home), args.workers)
+            parts.append(f"### Server memory\n\n{text}")
+        else:
+            parts.append(f"### Miss to first byte\n\n{miss_section(miss(args))}")
+        write_section(args.output, "\n".join(parts))
+        print(parts[-1], flush=True)
     return 0
 
 
