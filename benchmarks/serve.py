@@ -568,6 +568,7 @@ def memory(args: argparse.Namespace, bam: Artifact, home: Path) -> Memory:
             samples.append((time.perf_counter() - began, mb))
             time.sleep(1)
         out = load.stdout.read() if load.stdout else ""
+    (WORK / "memory.tsv").write_text("".join(f"{t:.1f}\t{mb:.1f}\n" for t, mb in samples))
     line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
     got = json.loads(line.removeprefix("WRKJSON ")) if line else {"requests": 0, "errors": -1}
     return Memory(args.duration, samples, count, got["requests"], got["errors"])
@@ -717,7 +718,9 @@ def memory_section(m: Memory, workers: int) -> str:
         "| seconds | requests | errors | RSS MB at 10–20 % | at 90–100 % | peak | growth MB "
         "| flat (growth ≤ max(5 MB, 5 %)) |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         f"| --- |\n| {m.seconds:g} | {m.requests} | {m.errors} | {early:.0f} | {late:.0f} "
-        f"| {peak:.0f} | {growth:+.1f} | {flat} |\n"
+        f"| {peak:.0f} | {growth:+.1f} | {flat} |\n\nMedian RSS MB per tenth of the run: "
+        f"{', '.join(f'{m.window(i / 10, (i + 1) / 10):.0f}' for i in range(10))} (every "
+        "sample in `work/serve/memory.tsv`).\n"
     )
 
 
