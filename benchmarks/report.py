@@ -131,6 +131,7 @@ def report(
     peak: tuple[Run, str] | None,
     hit: CacheHit | None = None,
     small: SmallFiles | None = None,
+    end_to_end: str = "",
 ) -> str:
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = shlex.join(["python", "benchmarks/run.py", *args.argv])
@@ -146,6 +147,6 @@ def report(
         f"{facts}\n\n## Medians\n\n{table(runs, inputs)}\n\n"
         "Ratios are genoflow / reference (below 1: genoflow is cheaper). "
         "See benchmarks/README.md for what each side runs and how to read this.\n\n"
-        f"{peak_section(peak, args)}{cache_section(hit)}{small_section(small)}"
+        f"{end_to_end}{peak_section(peak, args)}{cache_section(hit)}{small_section(small)}"
         f"## Every run\n\n{raw_table(runs)}\n"
     )

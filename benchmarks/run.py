@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import endtoend
 import pipeline
 from measure import Run, measure, terminate
 from report import report
@@ -171,7 +172,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--small-files", type=int, default=200, help="files in the many-small-files run"
     )
     parser.add_argument("--small-jobs", type=int, default=2, help="its genoflow run --jobs")
+    parser.add_argument(
+        "--end-to-end", default="bam=0.66,vcf=1,bed=1.33", metavar="SIZES",
+        help="genoflow run vs the reference pipeline: family=scale,... or one scale for all "
+        "(~200 MB each by default); none skips it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="a few-minute smoke run: scale 0.1, 1 repeat, no memory or cache-hit check, "
+        "50 small files",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.quick:
+        args.scale, args.repeats, args.peak_family = 0.1, 1, "none"
+        args.end_to_end, args.pipeline, args.small_files = "0.1", "small", 50
+    args.end_to_end = {} if args.end_to_end == "none" else endtoend.parse_sizes(args.end_to_end)
     args.memory, args.argv = parse_memory(args.memory), argv
     args.families = args.families.split(",")
     unknown = [f for f in args.families if f not in FORMAT]
@@ -210,6 +225,8 @@ def main(argv: list[str]) -> int:
                 status = f"FAILED {run.error}" if run.error else f"{run.wall:.1f} s"
                 print(f"{family} #{repeat} {side}: {status}", flush=True)
         shutil.rmtree(WORK / family, ignore_errors=True)
+    e2e_runs, e2e_labels = endtoend.run_endtoend(args, ensure_input)
+    e2e = endtoend.endtoend_section(e2e_runs, e2e_labels, args)
     peak = peak_memory(args, ensure_input)
     checks = args.pipeline.split(",")
     hit = pipeline.cache_hit(args, ensure_input) if "cache" in checks else None
@@ -218,13 +235,13 @@ def main(argv: list[str]) -> int:
     small = pipeline.small_files(args) if "small" in checks else None
     if small is not None:
         print(f"{small.files} small files: {small.wall:.1f} s", flush=True)
-    text = report(runs, inputs, args, peak, hit, small)
+    text = report(runs, inputs, args, peak, hit, small, e2e)
     from serve import kept_section  # serve.py's section of the same file survives this run
 
     args.output.write_text(text + kept_section(args.output))
     print(text)
     failed = any(r.error for r in runs) or (peak is not None and peak[0].error is not None)
-    failed = failed or any(x is not None and x.error for x in (hit, small))
+    failed = failed or any(x is not None and x.error for x in (hit, small, *e2e_runs))
     return 1 if failed else 0
 
 
