@@ -24,7 +24,9 @@ from types import ModuleType
 from genoflow.core.errors import FormatError, ProcessingError
 from genoflow.core.settings import Settings
 from genoflow.processors import alignments, intervals
+from genoflow.processors.alignments import checks as alignment_checks
 from genoflow.processors.base import Result, SortCheck
+from genoflow.processors.intervals import probes as interval_probes
 from genoflow.storage.layout import ArtifactKey
 
 SOURCE_VERSION = "1"
@@ -106,6 +108,25 @@ class Family:
         """
         raise self._no_asset("index", "check", name)
 
+    def indexed_counts(self, path: Path, *, fmt: str, name: str) -> list[tuple[str, int]]:
+        """(contig, records) as the index beside ``path`` holds them, reading the index only.
+
+        Raises:
+            ProcessingError: the family has no ``index`` asset.
+        """
+        raise self._no_asset("index", "check", name)
+
+    def probe(self, path: Path, contigs: list[str], *, fmt: str, name: str) -> str | None:
+        """Prove the contig order and read each contig's first record through the index.
+
+        Returns:
+            None when all holds, else what does not.
+
+        Raises:
+            ProcessingError: the family has no ``index`` asset.
+        """
+        raise self._no_asset("index", "check", name)
+
     def _no_asset(self, asset: str, stage: str, name: str) -> ProcessingError:
         return ProcessingError(
             f"the {self.name} family has no {asset} asset: its files are kept as staged",
@@ -156,6 +177,14 @@ class Alignments(Family):
         """Query each contig with :func:`alignments.query_index`."""
         return alignments.query_index(index_folder, name=name)
 
+    def indexed_counts(self, path: Path, *, fmt: str, name: str) -> list[tuple[str, int]]:
+        """The BAI/CSI statistics, with :func:`alignment_checks.indexed_counts`."""
+        return alignment_checks.indexed_counts(path, name=name)
+
+    def probe(self, path: Path, contigs: list[str], *, fmt: str, name: str) -> str | None:
+        """SO:coordinate, @SQ order and a record per contig (:mod:`alignment_checks`)."""
+        return alignment_checks.probe_contigs(path, [c for c in contigs if c != "*"], name=name)
+
 
 @dataclass(frozen=True)
 class Intervals(Family):
@@ -196,6 +225,15 @@ class Intervals(Family):
     def query_regions(self, index_folder: Path, *, fmt: str, name: str) -> dict[str, int]:
         """Query each contig with :func:`intervals.query_index`."""
         return intervals.query_index(index_folder, fmt=fmt, name=name)
+
+    def indexed_counts(self, path: Path, *, fmt: str, name: str) -> list[tuple[str, int]]:
+        """The tabix index's per-contig records, with :func:`interval_probes.indexed_counts`."""
+        return interval_probes.indexed_counts(path, name=name)
+
+    def probe(self, path: Path, contigs: list[str], *, fmt: str, name: str) -> str | None:
+        """Contig order against the header, then one record per contig (:mod:`interval_probes`)."""
+        problem = interval_probes.contig_order_problem(path, contigs, fmt=fmt, name=name)
+        return problem or interval_probes.probe_contigs(path, contigs, name=name)
 
 
 _SORTED_CHAIN = ("source", "sorted", "index")

@@ -54,7 +54,10 @@ def stage_rows(
         formats.verify_bgzf_complete(staged, name=first.name, stage="stage")
     final = folder / _staged_name(fmt, sniffed.container)
     staged.rename(final)
-    return STAGE_PROCESSOR, _details(rows, final, fmt=fmt, container=sniffed.container, uri=uri)
+    details = _details(rows, final, fmt=fmt, container=sniffed.container, uri=uri)
+    # staging.stage hashed the very bytes it wrote and refused them unless they hash to md5.
+    details["observed"] = {"md5": {final.name: md5}, "size": details["size"]}
+    return STAGE_PROCESSOR, details
 
 
 def _details(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from genoflow.build import sources
+from genoflow.build import observed, sources
 from genoflow.build.families import (
     CHAINS,
     CHECKS,
@@ -45,6 +45,7 @@ __all__ = [
     "CHECKS",
     "FAMILIES",
     "Built",
+    "Proof",
     "Store",
     "build_index",
     "build_sorted",
@@ -53,6 +54,9 @@ __all__ = [
     "check_order",
     "job_name",
     "key_for",
+    "prove_index",
+    "prove_sorted",
+    "prove_source",
     "publish",
     "query_regions",
     "version_of",
@@ -81,9 +85,11 @@ class Built:
     @functools.cached_property
     def entries(self) -> list[FileEntry]:
         """Sizes and md5s of the built files, hashed once for the data version and the marker."""
-        folder = self.draft.dir
+        folder, known = self.draft.dir, self.details.get("observed", {}).get("md5", {})
         return [
-            FileEntry(name, (folder / name).stat().st_size, md5_file(folder / name))
+            FileEntry(
+                name, (folder / name).stat().st_size, known.get(name) or md5_file(folder / name)
+            )
             for name in self.details["files"]
         ]
 
@@ -94,8 +100,12 @@ class Built:
 
 
 def publish(cache: Store, built: Built) -> Artifact:
-    """Publish a built draft atomically (or adopt the copy another builder published first)."""
-    return cache.publish(
+    """Publish a built draft atomically (or adopt the copy another builder published first).
+
+    The artifact is sealed (:func:`observed.seal`) when the copy published is this build's own,
+    so that its checks may rest on what the build observed while it stays unchanged.
+    """
+    artifact = cache.publish(
         built.draft,
         processor=built.processor,
         inputs=built.inputs,
@@ -103,6 +113,10 @@ def publish(cache: Store, built: Built) -> Artifact:
         tools=tool_versions(),
         entries=built.entries,
     )
+    ours = artifact.marker.created_by.get("pid") == os.getpid()
+    if ours and artifact.checksum == built.checksum:
+        observed.seal(artifact)
+    return artifact
 
 
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -190,7 +204,9 @@ def build_index(cache: Store, sorted_: Artifact, settings: Settings) -> Artifact
 
     def make(draft: Draft) -> tuple[str, dict[str, Any]]:
         result = family.index(sorted_.main, draft.dir, fmt=fmt, settings=settings, name=name)
-        return family.processors["index"], _details(result, sorted_)
+        details = _details(result, sorted_)
+        details["observed"] = {"upstream_records": sorted_.marker.records_out}
+        return family.processors["index"], details
 
     return _build(cache, key, make, sorted_, stage="index", name=name)
 
@@ -225,3 +241,104 @@ def query_regions(index: Artifact) -> dict[str, int]:
     """Run one region query per contig through an index artifact; contig → records."""
     family, fmt, name = _facts(index)
     return family.query_regions(index.path, fmt=fmt, name=name)
+
+
+@dataclass(frozen=True)
+class Proof:
+    """What a check found: ``problem`` (empty when it holds), what it measured, and how.
+
+    ``how`` is ``observed`` when the proof rests on what this process's build saw of a sealed
+    artifact plus cheap probes, ``re-read`` when the artifact was read again in full.
+    """
+
+    problem: str
+    measured: dict[str, Any]
+    how: str
+
+
+def prove_source(source: Artifact, rows: Sequence[SourceRow]) -> Proof:
+    """The staged bytes hash to the partition's md5 and have the size every row declares.
+
+    Sealed: the md5 staging computed over the bytes it wrote, and the size from ``stat``.
+    Otherwise the staged copy is hashed again in full.
+    """
+    size = source.main.stat().st_size
+    seen = source.marker.details.get("observed", {})
+    if observed.sealed(source) and source.main.name in seen.get("md5", {}):
+        actual, how = seen["md5"][source.main.name], "observed"
+        if seen.get("size") != size:
+            return Proof(f"the build wrote {seen.get('size')} bytes, {size} are there", {}, how)
+    else:
+        actual, how = md5_file(source.main), "re-read"
+    wrong = [f"{row.manifest}:{row.line}" for row in rows if row.size not in (None, size)]
+    problems = []
+    if actual != source.key.md5:
+        problems.append(f"the staged copy hashes to {actual}, not to the source's md5")
+    if wrong:
+        problems.append(f"rows declare another size than {size} bytes: {', '.join(wrong)}")
+    measured = {
+        "md5": actual,
+        "expected_md5": source.key.md5,
+        "size_bytes": size,
+        "declared_sizes": sorted({row.size for row in rows if row.size is not None}),
+        "rows_with_another_size": wrong,
+    }
+    return Proof("; ".join(problems), measured, how)
+
+
+def prove_sorted(sorted_: Artifact) -> Proof:
+    """Every input record is in the output, in sorted order.
+
+    Sealed: the index the build wrote by reading the whole output (htslib refuses decreasing
+    starts and split contig blocks) holds as many records as the build read from the input,
+    and its contigs come in the expected order, each answering a region query. Otherwise the
+    output is re-read record by record.
+    """
+    family, fmt, name = _facts(sorted_)
+    expected = sorted_.marker.records_in
+    if observed.sealed(sorted_):
+        counts = family.indexed_counts(sorted_.main, fmt=fmt, name=name)
+        found = sum(records for _, records in counts)
+        problem = family.probe(sorted_.main, [c for c, n in counts if n], fmt=fmt, name=name)
+        if not problem and found != expected:
+            problem = f"the index holds {found} records, the build read {expected}"
+        measured = {"records": found, "records_in": expected, "ordered": not problem}
+        return Proof(problem or "", measured, "observed")
+    result = check_order(sorted_)
+    problem = ""
+    if not result.ordered:
+        problem = result.problem or "not in sorted order"
+    elif result.records != expected:
+        problem = f"re-reading found {result.records} records, the build wrote {expected}"
+    measured = {"records": result.records, "records_in": expected, "ordered": result.ordered}
+    return Proof(problem, measured, "re-read")
+
+
+def prove_index(index: Artifact) -> Proof:
+    """The index answers a region query per contig and holds every record.
+
+    Sealed: the index's per-contig counts sum to the records written and one region query per
+    contig with records reads its first record (one BGZF block). Otherwise every contig is
+    queried in full and its records counted.
+    """
+    family, fmt, name = _facts(index)
+    expected = index.marker.records_out
+    if observed.sealed(index):
+        counts = dict(family.indexed_counts(index.main, fmt=fmt, name=name))
+        problem = family.probe(index.main, [c for c, n in counts.items() if n], fmt=fmt, name=name)
+        how = "observed"
+    else:
+        counts, problem, how = query_regions(index), None, "re-read"
+    found = sum(counts.values())
+    upstream = index.marker.details.get("observed", {}).get("upstream_records", expected)
+    if not problem and found != expected:
+        problem = f"region queries found {found} of {expected} records"
+    elif not problem and found != upstream:
+        problem = f"region queries found {found} records, the sorted input holds {upstream}"
+    measured = {
+        "records": expected,
+        "records_found": found,
+        "contigs_queried": len(counts),
+        "per_contig": counts,
+    }
+    return Proof(problem or "", measured, how)

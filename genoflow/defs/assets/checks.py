@@ -1,4 +1,11 @@
-"""Partitioned asset checks: each artifact proves itself by re-reading what was published.
+"""Partitioned asset checks: each artifact proves what it must, from what its build observed.
+
+An artifact this process has just built and published, unchanged since (sealed, see
+:mod:`genoflow.build.observed`), is proved from the facts its build saw (the md5 of the bytes
+staging wrote, the index htslib wrote by reading the whole output) plus cheap probes (one
+region query per contig, one BGZF block each); any other artifact is re-read in full, as
+before. The proofs live in :mod:`genoflow.build.steps` (``prove_*``); each verdict says which
+way it was proved (``proved_by``: ``observed`` or ``re-read``).
 
 Invariant: a check always answers with an evaluation when genoflow can say why it fails. A
 :class:`~genoflow.core.errors.GenoflowError` while re-reading (a file that no longer reads, a region
@@ -15,8 +22,7 @@ from typing import Any
 
 from dagster import AssetCheckResult, AssetChecksDefinition, MetadataValue, asset_check
 
-from genoflow.build.steps import CHAINS, CHECKS, check_order, query_regions
-from genoflow.core.checksums import md5_file
+from genoflow.build.steps import CHAINS, CHECKS, Proof, prove_index, prove_sorted, prove_source
 from genoflow.core.errors import GenoflowError, ProcessingError
 from genoflow.defs.partitions import PARTITIONS
 from genoflow.defs.resources import GenoflowResource
@@ -55,6 +61,15 @@ def verdict(
     return AssetCheckResult(passed=not problem, metadata=metadata)
 
 
+def _verdict_of(artifact: Artifact, check: str, proof: Proof) -> AssetCheckResult:
+    """A proof's verdict; lists and mappings it measured are shown as JSON."""
+    measured = {
+        key: MetadataValue.json(value) if isinstance(value, (list, dict)) else value
+        for key, value in proof.measured.items()
+    }
+    return verdict(artifact, check, proof.problem, {**measured, "proved_by": proof.how})
+
+
 def _source_check(family: str) -> AssetChecksDefinition:
     @asset_check(
         asset=[family, "source"],
@@ -65,24 +80,11 @@ def _source_check(family: str) -> AssetChecksDefinition:
         "manifest row declares.",
     )
     def source_check(source: Artifact, genoflow: GenoflowResource) -> AssetCheckResult:
-        actual = md5_file(source.main)
-        size = source.main.stat().st_size
-        rows = genoflow.registry().rows(source.key.md5)
-        declared = sorted({row.size for row in rows if row.size is not None})
-        wrong = [f"{row.manifest}:{row.line}" for row in rows if row.size not in (None, size)]
-        problems = []
-        if actual != source.key.md5:
-            problems.append(f"the staged copy hashes to {actual}, not to the source's md5")
-        if wrong:
-            problems.append(f"rows declare another size than {size} bytes: {', '.join(wrong)}")
-        measured = {
-            "md5": actual,
-            "expected_md5": source.key.md5,
-            "size_bytes": size,
-            "declared_sizes": MetadataValue.json(declared),
-            "rows_with_another_size": MetadataValue.json(wrong),
-        }
-        return verdict(source, SOURCE_CHECK, "; ".join(problems), measured)
+        try:
+            proof = prove_source(source, genoflow.registry().rows(source.key.md5))
+        except (GenoflowError, OSError) as exc:
+            return verdict(source, SOURCE_CHECK, getattr(exc, "message", str(exc)), {})
+        return _verdict_of(source, SOURCE_CHECK, proof)
 
     return source_check
 
@@ -97,17 +99,10 @@ def _sorted_check(family: str) -> AssetChecksDefinition:
     )
     def sorted_check(sorted: Artifact) -> AssetCheckResult:
         try:
-            result = check_order(sorted)
+            proof = prove_sorted(sorted)
         except GenoflowError as exc:
             return verdict(sorted, SORTED_CHECK, exc.message, {})
-        expected = sorted.marker.records_in
-        problem = ""
-        if not result.ordered:
-            problem = result.problem or "not in sorted order"
-        elif result.records != expected:
-            problem = f"re-reading found {result.records} records, the build wrote {expected}"
-        measured = {"records": result.records, "records_in": expected, "ordered": result.ordered}
-        return verdict(sorted, SORTED_CHECK, problem, measured)
+        return _verdict_of(sorted, SORTED_CHECK, proof)
 
     return sorted_check
 
@@ -122,19 +117,10 @@ def _index_check(family: str) -> AssetChecksDefinition:
     )
     def index_check(index: Artifact) -> AssetCheckResult:
         try:
-            counts = query_regions(index)
+            proof = prove_index(index)
         except GenoflowError as exc:
             return verdict(index, INDEX_CHECK, exc.message, {})
-        expected = index.marker.records_out
-        found = sum(counts.values())
-        problem = "" if found == expected else f"region queries found {found} of {expected} records"
-        measured = {
-            "records": expected,
-            "records_found": found,
-            "contigs_queried": len(counts),
-            "per_contig": MetadataValue.json(counts),
-        }
-        return verdict(index, INDEX_CHECK, problem, measured)
+        return _verdict_of(index, INDEX_CHECK, proof)
 
     return index_check
 

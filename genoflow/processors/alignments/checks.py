@@ -17,7 +17,7 @@ from genoflow.processors.alignments import samtools
 from genoflow.processors.alignments.sam_input import require_bgzf_eof, sniff
 from genoflow.processors.base import SortCheck
 
-__all__ = ["check_sorted", "count_records", "query_index"]
+__all__ = ["check_sorted", "count_records", "indexed_counts", "probe_contigs", "query_index"]
 
 _UNMAPPED_LAST = 1 << 62
 
@@ -89,6 +89,61 @@ def query_index(folder_or_bam: str | Path, *, name: str) -> dict[str, int]:
     except (OSError, ValueError) as error:
         raise ProcessingError(f"region query failed: {error}", file=name, stage="query") from error
     return counts
+
+
+def indexed_counts(bam: str | Path, *, name: str) -> list[tuple[str, int]]:
+    """(contig, records) for every @SQ contig from the index's own statistics, ``"*"`` last.
+
+    A BAI or CSI holds, per contig, the mapped and unmapped records the indexer read, and the
+    reads placed on no contig; nothing but the index is read.
+
+    Raises:
+        ProcessingError: stage ``check``, when there is no index or it cannot be read.
+    """
+    try:
+        with pysam.AlignmentFile(str(bam), "rb", check_sq=False) as handle:
+            if not handle.has_index():
+                raise ProcessingError(
+                    f"{Path(bam).name} has no .bai or .csi index next to it",
+                    file=name, stage="check", hint="index it first",
+                )  # fmt: skip
+            stats = {s.contig: s.total for s in handle.get_index_statistics()}
+            counts = [(contig, stats.get(contig, 0)) for contig in handle.references]
+            return [*counts, ("*", handle.nocoordinate)]
+    except (OSError, ValueError) as error:
+        raise ProcessingError(
+            f"cannot read the index: {error}", file=name, stage="check"
+        ) from error
+
+
+def probe_contigs(bam: str | Path, contigs: list[str], *, name: str) -> str | None:
+    """Query each of ``contigs`` by its id and read its first record only; they must lie on
+    the contig queried, at offsets that grow in @SQ order, under a ``SO:coordinate`` header.
+
+    Returns:
+        None when all holds, else the first thing that does not.
+
+    Raises:
+        ProcessingError: stage ``query``, when the BAM or its index cannot be read.
+    """
+    try:
+        with pysam.AlignmentFile(str(bam), "rb", check_sq=False) as handle:
+            order = handle.header.to_dict().get("HD", {}).get("SO")
+            if order != "coordinate":
+                return f"header declares SO:{order or 'none'}, not SO:coordinate"
+            wanted, previous, before = set(contigs), -1, ""
+            for tid, contig in enumerate(handle.references):
+                if contig not in wanted:
+                    continue
+                first = next(handle.fetch(tid=tid), None)
+                if first is None or first.reference_id != tid:
+                    return f"a region query for contig {contig} found none of its records"
+                if handle.tell() < previous:
+                    return f"contig {contig} comes before {before}, against @SQ order"
+                previous, before = handle.tell(), contig
+    except (OSError, ValueError) as error:
+        raise ProcessingError(f"region query failed: {error}", file=name, stage="query") from error
+    return None
 
 
 def count_records(path: str | Path, *, threads: int = 1, name: str) -> int:

@@ -166,6 +166,16 @@ def _fresh_index(gz: Path) -> Path | None:
 def index_facts(index: Path, *, name: str, stage: str) -> tuple[int, int]:
     """(lines to skip, records) that a tabix index (``.tbi`` or ``.csi``) says it holds.
 
+    See :func:`index_contigs`.
+    """
+    line_skip, contigs = index_contigs(index, name=name, stage=stage)
+    return line_skip, sum(records for _, records in contigs)
+
+
+def index_contigs(index: Path, *, name: str, stage: str) -> tuple[int, list[tuple[str, int]]]:
+    """(lines to skip, [(contig, records)]) that a tabix index (``.tbi`` or ``.csi``) holds,
+    contigs in the order the indexer met them in the data file.
+
     htslib stores, for every contig, a pseudo-bin whose second chunk is the number of records
     the indexer read (``n_mapped``; tabix counts every record as mapped), and the tabix
     configuration, whose ``skip`` is the number of leading lines the indexer skipped.
@@ -186,7 +196,7 @@ def index_facts(index: Path, *, name: str, stage: str) -> tuple[int, int]:
         ) from exc
 
 
-def _parse_index(data: bytes) -> tuple[int, int]:
+def _parse_index(data: bytes) -> tuple[int, list[tuple[str, int]]]:
     if data[:4] == b"TBI\x01":
         conf, depth = 8, 5
         n_ref = struct.unpack_from("<i", data, 4)[0]
@@ -200,10 +210,11 @@ def _parse_index(data: bytes) -> tuple[int, int]:
         offset = 20 + l_aux
     else:
         raise ValueError("not a TBI or CSI index")
-    line_skip = struct.unpack_from("<i", data, conf + 20)[0]
+    line_skip, l_nm = struct.unpack_from("<ii", data, conf + 20)
+    names = [raw.decode() for raw in data[conf + 28 : conf + 28 + l_nm].split(b"\0")[:n_ref]]
     meta_bin = ((1 << (3 * (depth + 1))) - 1) // 7 + 1
-    records = 0
-    for _ in range(n_ref):
+    counts = [0] * n_ref
+    for ref in range(n_ref):
         (n_bin,) = struct.unpack_from("<i", data, offset)
         offset += 4
         for _ in range(n_bin):
@@ -213,14 +224,16 @@ def _parse_index(data: bytes) -> tuple[int, int]:
             if bin_ == meta_bin:
                 if n_chunk != 2:
                     raise ValueError("a malformed pseudo-bin")
-                records += struct.unpack_from("<Q", data, offset + 16)[0]
+                counts[ref] = struct.unpack_from("<Q", data, offset + 16)[0]
             offset += 16 * n_chunk
         if conf == 8:  # TBI: the linear index follows each contig's bins
             (n_intv,) = struct.unpack_from("<i", data, offset)
             offset += 4 + 8 * n_intv
     if offset > len(data):
         raise ValueError("the index is truncated")
-    return line_skip, records
+    if len(names) != n_ref:
+        raise ValueError("the index names fewer contigs than it indexes")
+    return line_skip, list(zip(names, counts, strict=True))
 
 
 def _scan(
