@@ -187,6 +187,7 @@ class EventLogStorage(_InFolder, SqliteEventLogStorage):
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_lock = threading.Lock()
         self._template: str | None = None
+        self._tables: set[str] = set()
         # Dagster creates index.db here when the file is missing (a second process seeing the
         # file another one is still creating skipped straight to using it).
         with creating(os.path.abspath(base_dir), f"{INDEX_SHARD_NAME}.db"):
@@ -208,6 +209,22 @@ class EventLogStorage(_InFolder, SqliteEventLogStorage):
             for name in runs[: max(0, len(runs) - MAX_SHARD_ENGINES)]:
                 self._engines.pop(name).dispose()
             return engine
+
+    def has_table(self, table_name: str) -> bool:
+        """Whether the index database has ``table_name``, over the pooled engine.
+
+        Dagster asks this before every dynamic-partition query (about 25 times per chain run),
+        each time through a new engine and connection. A table found is remembered until
+        :meth:`wipe`: nothing else drops one from an instance in use.
+        """
+        if table_name in self._tables:
+            return True
+        engine = self._shard_engine(INDEX_SHARD_NAME)
+        with engine.connect() as conn:
+            found = bool(engine.dialect.has_table(conn, table_name))
+        if found:
+            self._tables.add(table_name)
+        return found
 
     def _empty_shard(self) -> str:
         """An empty run database made by Dagster's own initialisation, once a process."""
@@ -252,6 +269,7 @@ class EventLogStorage(_InFolder, SqliteEventLogStorage):
                 self._engines.popitem()[1].dispose()
 
     def wipe(self) -> None:
+        self._tables.clear()
         self._dispose_engines()  # no pooled connection to a database about to be deleted
         super().wipe()
 
