@@ -79,8 +79,16 @@ dev: $(VENV)/.installed
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run.py
 
+# wrk and nginx from apt when they are missing (as cluster-tools does for Redis and PostgreSQL).
+# Arguments for benchmarks/serve.py in SERVE_ARGS, e.g. SERVE_ARGS="--only ranges --baseline HEAD~1".
 bench-serve: $(VENV)/.installed-dev
-	$(BIN)/python benchmarks/serve.py
+	@if ! command -v wrk >/dev/null || ! { command -v nginx >/dev/null || \
+	    test -x /usr/sbin/nginx; }; then \
+	  echo "installing wrk and nginx with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends wrk nginx >/dev/null; \
+	fi
+	$(BIN)/python benchmarks/serve.py $(SERVE_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -11,7 +11,13 @@ Invariants:
 - the report replaces only the "Serving" section of ``results.md`` (between its markers), so
   ``run.py``'s sections and this one live in one file.
 
-Usage: ``python benchmarks/serve.py [--scale 1] [--workers 2] [--duration 300] [--only ranges]``
+With ``--baseline REF`` the range reads also measure genoflow as of git revision ``REF`` (its
+``genoflow`` package exported into ``work/serve/baseline-*`` and put first on ``PYTHONPATH``),
+in the same alternation: before and after in one run. With ``--only``, the other sections of
+``results.md`` are kept as they were, each with the command that measured it.
+
+Usage: ``python benchmarks/serve.py [--scale 1] [--workers 2] [--duration 300] [--only ranges]
+[--seconds 8] [--repeats 2] [--baseline REF]``
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ SPAN = 64 * 1024
 FOLLOWED = 20
 LEVELS = (1, 16, 64)
 SECTIONS = ("ranges", "htsget", "memory", "miss")
+HEADINGS = {"ranges": "### Range reads", "htsget": "### htsget tickets",
+            "memory": "### Server memory", "miss": "### Miss to first byte"}  # fmt: skip
+BEFORE = "genoflow before"  # the side measured with --baseline
 BEGIN, END = "<!-- serve.py: begin -->", "<!-- serve.py: end -->"
 # The htsgetr 0.1.0 wheel names its extension _htsgetr but exports PyInit_htsgetr, so
 # ``import htsgetr`` fails; load the extension under the name it was built with.
@@ -119,13 +128,35 @@ def genoflow_env(home: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def genoflow_serve(home: Path, workers: int, name: str) -> Iterator[tuple[str, int]]:
-    """``genoflow serve --workers N`` on a free loopback port: (base URL, server pid)."""
+def genoflow_serve(
+    home: Path, workers: int, name: str, source: Path | None = None
+) -> Iterator[tuple[str, int]]:
+    """``genoflow serve --workers N`` on a free loopback port: (base URL, server pid); the
+    ``genoflow`` package of folder ``source`` when given (a baseline), else the installed one."""
     port = free_port()
     argv = [*GENOFLOW, "serve", "--port", str(port), "--workers", str(workers)]
     base = f"http://127.0.0.1:{port}"
-    with started(argv, base + "/data/none", WORK / f"{name}.log", genoflow_env(home)) as proc:
+    env = genoflow_env(home)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")]).rstrip(":")
+    with started(argv, base + "/data/none", WORK / f"{name}.log", env) as proc:
         yield base, proc.pid
+
+
+def baseline_tree(ref: str) -> Path:
+    """The ``genoflow`` package as of git revision ``ref``, exported under ``work/serve``."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short=12", f"{ref}^{{commit}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    tree = WORK / f"baseline-{commit}"
+    if not (tree / "genoflow").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", commit, "genoflow"], capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
 
 
 def nginx_config(prefix: Path, port: int, path: Path, workers: int) -> Path:
@@ -322,27 +353,32 @@ def range_script(name: str, size: int, path: str, seed: int) -> Path:
 
 
 def range_reads(args: argparse.Namespace, bam: Artifact, home: Path) -> list[Load]:
-    """Random 64 KiB ranges at each client count, genoflow and nginx alternating."""
+    """Random 64 KiB ranges at each client count, the sides (nginx, genoflow, and the
+    baseline genoflow with ``--baseline``) taking turns: each repeat starts one side later."""
     size = bam.data.stat().st_size
     subprocess.run(["cat", str(bam.data)], stdout=subprocess.DEVNULL, check=True)  # page cache
     loads: list[Load] = []
-    with (
-        nginx_serve(bam.data, args.workers) as nginx,
-        genoflow_serve(home, args.workers, "genoflow-ranges") as (genoflow, _),
-    ):
+    baseline = baseline_tree(args.baseline) if args.baseline else None
+    with contextlib.ExitStack() as stack:
+        nginx = stack.enter_context(nginx_serve(bam.data, args.workers))
+        ours, _ = stack.enter_context(genoflow_serve(home, args.workers, "genoflow-ranges"))
+        path = f"/data/{bam.md5}"
         targets = {
             "nginx": (nginx + "/bench.bam", range_script("nginx", size, "/bench.bam", 1)),
-            "genoflow": (
-                genoflow + f"/data/{bam.md5}",
-                range_script("genoflow", size, f"/data/{bam.md5}", 1),
-            ),
+            "genoflow": (ours + path, range_script("genoflow", size, path, 1)),
         }
+        if baseline is not None:
+            before, _ = stack.enter_context(
+                genoflow_serve(home, args.workers, "genoflow-baseline", baseline)
+            )
+            targets[BEFORE] = (before + path, range_script("baseline", size, path, 1))
         for url, script in targets.values():
             wrk(url, script, 16, 3)  # warm-up: imports, first lookups, connections
+        sides = list(targets)
         for clients in LEVELS:
             for repeat in range(args.repeats):
-                order = ("nginx", "genoflow") if repeat % 2 == 0 else ("genoflow", "nginx")
-                for side in order:
+                turn = repeat % len(sides)
+                for side in sides[turn:] + sides[:turn]:
                     url, script = targets[side]
                     got = wrk(url, script, clients, args.seconds)
                     loads.append(_load(side, clients, repeat, got))
@@ -654,25 +690,30 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-def ranges_section(loads: list[Load], workers: int, seconds: float) -> str:
+def ranges_section(loads: list[Load], workers: int, seconds: float, baseline: str = "") -> str:
+    before = (
+        f" `{BEFORE}` is genoflow as of `{baseline}`, measured in the same turns."
+        if baseline
+        else ""
+    )
     lines = [
         f"Random {SPAN >> 10} KiB ranges of the BAM, `wrk` on loopback for {seconds:g} s per "
-        f"measurement, medians over repeats; genoflow `serve --workers {workers}` (uvicorn), "
-        f"nginx `worker_processes {workers}` with sendfile (tcp_nopush off), both logging every "
-        "request.\n",
-        "| clients | side | MB/s | requests/s | p50 ms | p99 ms | errors | genoflow / nginx MB/s |",
+        f"measurement, medians over repeats, the sides taking turns; genoflow `serve --workers "
+        f"{workers}` (uvicorn), nginx `worker_processes {workers}` with sendfile (tcp_nopush "
+        f"off), both logging every request.{before}\n",
+        "| clients | side | MB/s | requests/s | p50 ms | p99 ms | errors | / nginx MB/s |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for clients in LEVELS:
         med = {}
-        for side in ("nginx", "genoflow"):
+        for side in ("nginx", BEFORE, "genoflow"):
             runs = [x for x in loads if x.clients == clients and x.side == side]
             if runs:
                 med[side] = [statistics.median(getattr(x, k) for x in runs)
                              for k in ("mbps", "rps", "p50_ms", "p99_ms")] + [
                     sum(x.errors for x in runs)]  # fmt: skip
         for side, (mbps, rps, p50, p99, errors) in med.items():
-            ratio = f"{mbps / med['nginx'][0]:.2f}" if side == "genoflow" and "nginx" in med else ""
+            ratio = f"{mbps / med['nginx'][0]:.2f}" if side != "nginx" and "nginx" in med else ""
             lines.append(f"| {clients} | {side} | {mbps:.0f} | {rps:.0f} | {p50:.2f} | {p99:.2f} "
                          f"| {errors} | {ratio} |")  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -748,6 +789,26 @@ def write_section(output: Path, text: str) -> None:
     output.write_text(new)
 
 
+def merge_sections(old: str, measured: dict[str, str]) -> str:
+    """The serving section: the subsections of ``measured`` (section name → its text, heading
+    first) in place of the old ones, the others of ``old`` kept, in :data:`SECTIONS` order. A
+    kept subsection that does not name its run gets the line the old section began with."""
+    body = old.split(BEGIN, 1)[1].split(END, 1)[0] if BEGIN in old and END in old else ""
+    head, *chunks = re.split(r"(?m)^(?=### )", body)
+    run = re.search(r"(?m)^Run on .*$", head)
+    kept = {}
+    for chunk in chunks:
+        name = next((n for n, h in HEADINGS.items() if chunk.startswith(h)), None)
+        if name is not None and name not in measured:
+            if run and "Run on " not in chunk:
+                title, _, rest = chunk.partition("\n")
+                chunk = f"{title}\n\n{run.group(0)}\n{rest}"
+            kept[name] = chunk.rstrip() + "\n"
+    parts = {**kept, **measured}
+    intro = "## Serving\n\nEach subsection names the run that measured it.\n"
+    return "\n".join([intro, *(parts[name] for name in SECTIONS if name in parts)])
+
+
 def kept_section(output: Path) -> str:
     """The serving section of ``output`` with its markers (for ``run.py``, which rewrites the
     file), or ``""``."""
@@ -771,6 +832,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=300, help="memory run, seconds")
     parser.add_argument("--miss-scale", type=float, default=0.033, help="miss BAM (~10 MB)")
     parser.add_argument("--output", type=Path, default=HERE / "results.md")
+    parser.add_argument("--baseline", help="git revision of genoflow to measure too (ranges)")
     args = parser.parse_args(argv)
     args.argv, args.only = argv, args.only.split(",")
     if set(args.only) - set(SECTIONS) or args.repeats < 1 or args.workers < 1:
@@ -787,25 +849,29 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on `timeout`
     today = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     command = shlex.join(["python", "benchmarks/serve.py", *args.argv])
-    parts = [f"## Serving\n\nRun on {today} with `{command}`.\n"]
+    ran = f"Run on {today} with `{command}`.\n"
+    measured: dict[str, str] = {}
     if {"ranges", "htsget", "memory"} & set(args.only):
         home, bam, vcf = build_home(args.scale)
         size = f"{bam.data.stat().st_size / 1e6:.0f} MB BAM"
     for section in args.only:  # each section is written as soon as it is measured
         if section == "ranges":
-            text = ranges_section(range_reads(args, bam, home), args.workers, args.seconds)
-            parts.append(f"### Range reads ({size})\n\n{text}")
+            loads = range_reads(args, bam, home)
+            text = ranges_section(loads, args.workers, args.seconds, args.baseline or "")
+            title = f"Range reads ({size})"
         elif section == "htsget":
             text = htsget_section(htsget(args, bam, vcf, home), args.regions)
             vcf_mb = vcf.data.stat().st_size / 1e6
-            parts.append(f"### htsget tickets ({size}, {vcf_mb:.0f} MB VCF.gz)\n\n{text}")
+            title = f"htsget tickets ({size}, {vcf_mb:.0f} MB VCF.gz)"
         elif section == "memory":
             text = memory_section(memory(args, bam, home), args.workers)
-            parts.append(f"### Server memory\n\n{text}")
+            title = "Server memory"
         else:
-            parts.append(f"### Miss to first byte\n\n{miss_section(miss(args))}")
-        write_section(args.output, "\n".join(parts))
-        print(parts[-1], flush=True)
+            text, title = miss_section(miss(args)), "Miss to first byte"
+        measured[section] = f"### {title}\n\n{ran}\n{text}"
+        old = args.output.read_text() if args.output.exists() else ""
+        write_section(args.output, merge_sections(old, measured))
+        print(measured[section], flush=True)
     return 0
 
 

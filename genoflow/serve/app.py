@@ -11,7 +11,10 @@ Invariants:
   (opened on the first miss, so serving built files never imports Dagster) and
   ``token_checks`` (extra ways a request may prove itself, see :mod:`genoflow.serve.middleware`);
 - every route comes from one module's ``routes()``, listed in :data:`ROUTE_MODULES`;
-- the layers around the routes, outermost first: access log, bounds, CORS, bearer tokens.
+- the layers around the routes, outermost first: access log, bounds, CORS, bearer tokens;
+- in front of them all, :class:`ServeApp` answers a plain GET of a small span of a remembered
+  artifact itself (:func:`genoflow.serve.files.answer_hot`), exactly as they would: same
+  status, headers, body and access-log line; everything else goes through them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from genoflow.core.settings import ServeSettings, Settings
 from genoflow.serve import files, htsget, jobs, pages, viewer
@@ -82,6 +86,15 @@ class LazyBuilds:
                 self._builds = None
 
 
+class ServeApp(Starlette):
+    """The service's Starlette application, with the hot path of range reads in front."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and await files.answer_hot(self.state, scope, send):
+            return
+        await super().__call__(scope, receive, send)
+
+
 def _lifespan(settings: Settings, serve: ServeSettings):
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -99,7 +112,7 @@ def _lifespan(settings: Settings, serve: ServeSettings):
     return lifespan
 
 
-def create_app(settings: Settings | None = None, serve: ServeSettings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, serve: ServeSettings | None = None) -> ServeApp:
     """The service's application; with no arguments its settings come from the environment.
 
     Raises:
@@ -108,6 +121,7 @@ def create_app(settings: Settings | None = None, serve: ServeSettings | None = N
     settings = settings or Settings.from_env()
     serve = serve or ServeSettings.from_env()
     checks: list[TokenCheck] = []
+    tokens = None if serve.tokens_file is None else Tokens(serve.tokens_file)
     stack = [
         Middleware(AccessLog),
         Middleware(Bounds),
@@ -121,11 +135,11 @@ def create_app(settings: Settings | None = None, serve: ServeSettings | None = N
         ),
     ]
     if serve.tokens_file is not None:
-        stack.append(Middleware(RequireToken, tokens=Tokens(serve.tokens_file), checks=checks))
+        stack.append(Middleware(RequireToken, tokens=tokens, checks=checks))
         checks.append(signed_url_check(serve.tokens_file))  # htsget ticket URLs
     routes = [route for module in ROUTE_MODULES for route in module.routes()]
-    app = Starlette(routes=routes, middleware=stack, lifespan=_lifespan(settings, serve))
-    app.state.token_checks = checks
+    app = ServeApp(routes=routes, middleware=stack, lifespan=_lifespan(settings, serve))
+    app.state.token_checks, app.state.tokens = checks, tokens
     return app
 
 

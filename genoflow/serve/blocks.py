@@ -26,11 +26,12 @@ are content-addressed and immutable, so a cached answer never goes stale.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 import struct
-import tempfile
 import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -422,14 +423,44 @@ def _join(pieces: list[Piece]) -> list[Piece]:
     return joined
 
 
-@lru_cache(maxsize=1024)
+_COMPRESSED_BUDGET = 8 << 20  # bytes of compressed pieces remembered per process
+_compressed: OrderedDict[bytes, bytes] = OrderedDict()  # blake2b of the inflated bytes → BGZF
+_compressed_size = 0
+_compressed_lock = threading.Lock()
+
+
 def _compress(data: bytes) -> bytes:
-    """``data`` as BGZF blocks written by htslib (pysam), without the EOF block."""
-    with tempfile.TemporaryDirectory(prefix="genoflow-htsget-") as folder:
-        path = Path(folder) / "piece.gz"
-        with pysam.BGZFile(str(path), "wb") as out:
+    """``data`` as BGZF blocks written by htslib (pysam), without the EOF block.
+
+    Remembered by a 128-bit digest of ``data`` (never the inflated bytes themselves), least
+    recently used first out, within :data:`_COMPRESSED_BUDGET` bytes of output.
+    """
+    global _compressed_size
+    key = hashlib.blake2b(data, digest_size=16).digest()
+    with _compressed_lock:
+        found = _compressed.get(key)
+        if found is not None:
+            _compressed.move_to_end(key)
+            return found
+    found = _bgzf_in_memory(data)
+    with _compressed_lock:
+        if key not in _compressed:
+            _compressed[key] = found
+            _compressed_size += len(found)
+        while _compressed_size > _COMPRESSED_BUDGET and _compressed:
+            _compressed_size -= len(_compressed.popitem(last=False)[1])
+    return found
+
+
+def _bgzf_in_memory(data: bytes) -> bytes:
+    """htslib's BGZF of ``data`` (no EOF block), written to an anonymous in-memory file."""
+    fd = os.memfd_create("genoflow-htsget", os.MFD_CLOEXEC)
+    try:
+        with pysam.BGZFile(f"/proc/self/fd/{fd}", "wb") as out:
             out.write(data)
-        raw = path.read_bytes()
+        raw = os.pread(fd, os.fstat(fd).st_size, 0)
+    finally:
+        os.close(fd)
     return raw[: -len(EOF_BLOCK)] if raw.endswith(EOF_BLOCK) else raw
 
 

@@ -18,17 +18,21 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Scope, Send
 
 from genoflow.core.formats import FORMAT_SUFFIX
+from genoflow.serve.auth import Tokens
 from genoflow.serve.catalog import (
     MD5,
     MEMO_SIZE,
@@ -38,7 +42,15 @@ from genoflow.serve.catalog import (
     Source,
     UnknownSource,
 )
-from genoflow.serve.ranges import Representation, file_response
+from genoflow.serve.middleware import MAX_HEADERS, MAX_TARGET, log_access
+from genoflow.serve.ranges import (
+    CHUNK,
+    RangeError,
+    Representation,
+    file_response,
+    parse_range,
+    read_at,
+)
 
 MAX_IDENT = 1024
 _NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,254}")
@@ -82,11 +94,25 @@ def _problem(status: int, message: str, **extra: object) -> JSONResponse:
 
 
 def _representation(files: Files, path: Path) -> Representation:
+    """The representation of one of ``files``' files, made once per :class:`Files` (whose
+    headers are then formatted once too)."""
+    key = (id(files), path)
+    found = _REPS.get(key)
+    if found is not None and found[0] is files:
+        return found[1]
     entry = next(e for e in files.artifact.entries if e.name == path.name)
     created = dt.datetime.fromisoformat(files.artifact.marker.created_at)
     if created.tzinfo is None:
         created = created.replace(tzinfo=dt.UTC)
-    return Representation(path, entry.size, entry.md5, created, media_type(path))
+    rep = Representation(path, entry.size, entry.md5, created, media_type(path))
+    if len(_REPS) >= MEMO_SIZE:
+        _REPS.clear()  # bounded, like the memos it follows
+    _REPS[key] = (files, rep)
+    return rep
+
+
+# Representations by (id of the Files they belong to, path); the Files is kept to check identity.
+_REPS: dict[tuple[int, Path], tuple[Files, Representation]] = {}
 
 
 def _located(catalog: Catalog, ident: str, raw: bool) -> tuple[Source, Files | None]:
@@ -197,6 +223,135 @@ async def named(request: Request) -> Response:
             return _problem(404, f"this artifact's index is a {built.suffix} file", md5=md5)
         return await serve(request, md5, "index")
     return _problem(404, f"a name here ends with {suffix} (data) or {suffix}.bai/.csi/.tbi")
+
+
+# ---- The hot path: a GET of a small range of a remembered artifact, answered without routing.
+# Any request header named here sends the request through the whole application instead (CORS
+# for an Origin, conditional requests, a request body).
+_FULL = frozenset((b"origin", b"if-match", b"if-none-match", b"if-modified-since", b"if-range",
+                   b"content-length", b"transfer-encoding"))  # fmt: skip
+_VARY = (b"vary", b"Origin")  # what the CORS layer adds to an answer to a request without Origin
+
+
+async def answer_hot(state: Any, scope: Scope, send: Send) -> bool:
+    """Answer a plain ``GET`` of at most :data:`~genoflow.serve.ranges.CHUNK` bytes of a file
+    whose artifact is remembered (see :func:`_locate`) exactly as the whole application would:
+    same status, headers (validators, caching, ``Vary: Origin`` from CORS, ``private`` behind a
+    token), body and access-log line, without its router and layers. Returns False, having
+    sent nothing, for anything else; the application then answers.
+
+    A plain GET has no query string and no header of :data:`_FULL`, its head is within the
+    bounds, it carries a valid bearer token when tokens are on, and it asks for one
+    satisfiable range of at most a chunk (or a whole file of at most a chunk).
+
+    Args:
+        state: the application's ``app.state`` (its ``catalog`` and ``tokens``).
+        scope: the ASGI scope of an HTTP request.
+        send: the ASGI send callable.
+    """
+    started = time.perf_counter()
+    if scope["method"] != "GET" or scope["query_string"]:
+        return False
+    found = _hot_file(getattr(state, "catalog", None), scope["path"])
+    if found is None or len(scope.get("raw_path") or b"") > MAX_TARGET:
+        return False
+    rep = _representation(*found)
+    asked = _plain_request(scope, rep, getattr(state, "tokens", None))
+    if asked is None:
+        return False
+    (start, end), ranged, private = asked
+    try:
+        fd = os.open(rep.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # removed under us: the application forgets it and answers the miss
+        return False
+    try:
+        body = await read_at(fd, start, end - start, rep.path, end)
+    except RangeError:  # shorter than its marker says: the application answers (and raises)
+        return False
+    finally:
+        os.close(fd)
+    if len(body) != end - start:
+        return False
+    headers = [*(rep.private_headers if private else rep.raw_headers)]
+    status = 206 if ranged else 200
+    if ranged:
+        headers.append((b"content-range", b"bytes %d-%d/%d" % (start, end - 1, rep.size)))
+    headers += [
+        (b"content-type", rep.media_type.encode()),
+        (b"content-length", b"%d" % len(body)),
+        _VARY,
+    ]
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+    finally:
+        log_access(scope, status, len(body), started)
+    return True
+
+
+def _hot_file(catalog: Catalog | None, path: str) -> tuple[Files, Path] | None:
+    """The remembered files and the one file a ``/data``, ``/index`` or ``/files`` path names
+    (as :func:`serve` and :func:`named` would find it), or None."""
+    if catalog is None:
+        return None
+    kind, _, rest = path[1:].partition("/")
+    ident, want = rest, kind
+    if kind == "files":
+        ident, slash, name = rest.partition("/")
+        if not slash or not MD5.fullmatch(ident) or not _NAME.fullmatch(name):
+            return None
+    elif kind not in ("data", "index"):
+        return None
+    found = _HOT.get(catalog, {}).get((ident, False))
+    if found is None or found[0] <= time.monotonic():
+        return None
+    _, source, files = found
+    if kind == "files":
+        suffix = data_suffix(source)
+        want = "data" if name.endswith(suffix) and len(name) > len(suffix) else "index"
+        stem, _, tail = name.rpartition(".")
+        if want == "index" and not (
+            files.index is not None
+            and files.index.suffix == "." + tail
+            and stem.endswith(suffix)
+            and len(stem) > len(suffix)
+        ):
+            return None
+    if want == "index" and (files.index is None or source.family == "passthrough"):
+        return None
+    return files, files.data if want == "data" else files.index
+
+
+def _plain_request(
+    scope: Scope, rep: Representation, tokens: Tokens | None
+) -> tuple[tuple[int, int], bool, bool] | None:
+    """The span ``[start, end)`` a plain GET asks for, whether by a Range header, and whether
+    it needed a token; None when the request is not plain (see :func:`answer_hot`)."""
+    size, header, authorization = 0, None, None
+    for name, value in scope["headers"]:
+        size += len(name) + len(value)
+        if name in _FULL:
+            return None
+        if name == b"range" and header is None:
+            header = value.decode("latin-1")
+        elif name == b"authorization" and authorization is None:
+            authorization = value.decode("latin-1")
+    if size > MAX_HEADERS:
+        return None
+    if tokens is not None:
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or not tokens.allows(token):
+            return None
+    span: tuple[int, int] | None = (0, rep.size)
+    if header is not None:
+        try:
+            span = parse_range(header, rep.size)
+        except RangeError:
+            return None
+    if span is None or span[1] - span[0] > CHUNK or span[1] <= span[0]:
+        return None
+    return span, header is not None, tokens is not None
 
 
 def routes() -> list[Route]:

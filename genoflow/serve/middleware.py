@@ -103,18 +103,28 @@ class AccessLog:
         try:
             await self.app(scope, receive, counting)
         finally:
-            client = (scope.get("client") or ("-", 0))[0]
-            path = scope["path"].encode("unicode_escape").decode("ascii")
-            ACCESS.info(
-                '%s - "%s %s HTTP/%s" %d %d %.1fms',
-                client,
-                scope["method"],
-                path,
-                scope.get("http_version", "1.1"),
-                status,
-                sent,
-                (time.perf_counter() - started) * 1000,
-            )
+            log_access(scope, status, sent, started)
+
+
+def log_access(scope: Scope, status: int, sent: int, started: float) -> None:
+    """The access-log line of one request: client, method, path (never the query), HTTP
+    version, status, bytes sent and milliseconds since ``started`` (``time.perf_counter()``)."""
+    if not ACCESS.isEnabledFor(logging.INFO):
+        return
+    client = (scope.get("client") or ("-", 0))[0]
+    path = scope["path"]
+    if not (path.isascii() and path.isprintable()) or "\\" in path:
+        path = path.encode("unicode_escape").decode("ascii")
+    ACCESS.info(
+        '%s - "%s %s HTTP/%s" %d %d %.1fms',
+        client,
+        scope["method"],
+        path,
+        scope.get("http_version", "1.1"),
+        status,
+        sent,
+        (time.perf_counter() - started) * 1000,
+    )
 
 
 class Bounds:

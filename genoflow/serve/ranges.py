@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -155,13 +156,32 @@ class Representation:
 
     def headers(self) -> dict[str, str]:
         """The validators and caching headers every answer about this file carries."""
-        return {
-            "ETag": self.etag,
-            "Last-Modified": http_date(self.modified),
-            "Cache-Control": IMMUTABLE,
-            "Accept-Ranges": "bytes",
-            "X-Content-Type-Options": "nosniff",
-        }
+        return dict(self._common)
+
+    @functools.cached_property
+    def _common(self) -> tuple[tuple[str, str], ...]:
+        # Built once per representation: http_date() alone costs more than a cached read.
+        return (
+            ("ETag", self.etag),
+            ("Last-Modified", http_date(self.modified)),
+            ("Cache-Control", IMMUTABLE),
+            ("Accept-Ranges", "bytes"),
+            ("X-Content-Type-Options", "nosniff"),
+        )
+
+    @functools.cached_property
+    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """:meth:`headers` as ASGI header pairs (lower-case names), once per representation."""
+        return tuple((k.lower().encode(), v.encode("latin-1")) for k, v in self._common)
+
+    @functools.cached_property
+    def private_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """:attr:`raw_headers` for an answer that needed a token: ``Cache-Control: private``
+        (as :class:`genoflow.serve.middleware.RequireToken` makes it)."""
+        return tuple(
+            (k, v.replace(b"public", b"private") if k == b"cache-control" else v)
+            for k, v in self.raw_headers
+        )
 
 
 def precondition(headers: Headers, method: str, rep: Representation) -> int | None:
@@ -280,16 +300,26 @@ class FileSlice(Response):
 
     async def _read(self, fd: int, offset: int, want: int) -> bytes:
         """``want`` bytes at ``offset`` (fewer only at a premature end of file, which raises)."""
-        chunk = _cached_read(fd, want, offset)
-        if chunk is None:
-            chunk = await anyio.to_thread.run_sync(os.pread, fd, want, offset)
-        if not chunk:
-            raise RangeError(
-                f"the file ended at byte {offset}, before the {self.end} its marker records",
-                file=str(self.path),
-                hint="run `genoflow verify --repair`",
-            )
-        return chunk
+        return await read_at(fd, offset, want, self.path, self.end)
+
+
+async def read_at(fd: int, offset: int, want: int, path: Path, end: int) -> bytes:
+    """``want`` bytes of ``fd`` at ``offset``: from the page cache on the event loop when it
+    holds them, else in a worker thread.
+
+    Raises:
+        RangeError: the file ends at ``offset``, before the ``end`` its marker records.
+    """
+    chunk = _cached_read(fd, want, offset)
+    if chunk is None:
+        chunk = await anyio.to_thread.run_sync(os.pread, fd, want, offset)
+    if not chunk:
+        raise RangeError(
+            f"the file ended at byte {offset}, before the {end} its marker records",
+            file=str(path),
+            hint="run `genoflow verify --repair`",
+        )
+    return chunk
 
 
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+
