@@ -20,6 +20,8 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import logging
+import queue
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -143,6 +145,59 @@ def create_app(settings: Settings | None = None, serve: ServeSettings | None = N
     return app
 
 
+class BackgroundStreamHandler(logging.StreamHandler):
+    """A stream handler that formats and writes from a thread of its own, every record queued
+    meanwhile in one write: the event loop only queues the record.
+
+    Records are written in the order they were emitted; :meth:`close` (run by
+    :func:`logging.shutdown` at exit) writes what is queued before it returns.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._writer is None:
+            with self._start:
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write, daemon=True)
+                    self._writer.start()
+        self._queue.put(record)
+
+    def _write(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 1024:
+                    batch.append(self._queue.get_nowait())
+            lines = []
+            for record in batch:
+                if record is None:
+                    self._flush_lines(lines)
+                    return
+                try:
+                    lines.append(self.format(record) + self.terminator)
+                except Exception:  # as StreamHandler.emit: logging reports it and goes on
+                    self.handleError(record)
+            self._flush_lines(lines)
+
+    def _flush_lines(self, lines: list[str]) -> None:
+        # Not under the handler's lock: logging.shutdown holds it while close() waits here.
+        if lines:
+            self.stream.write("".join(lines))
+            self.stream.flush()
+
+    def close(self) -> None:
+        writer = self._writer
+        if writer is not None and writer.is_alive():
+            self._queue.put(None)
+            writer.join(timeout=5)
+        super().close()
+
+
 def log_config() -> dict[str, Any]:
     """uvicorn's logging, with its access log replaced by ``genoflow.serve.access`` (which never
     shows a query string or a header)."""
@@ -156,7 +211,7 @@ def log_config() -> dict[str, Any]:
     config["handlers"] = {
         **LOGGING_CONFIG["handlers"],
         "genoflow": {
-            "class": "logging.StreamHandler",
+            "class": "genoflow.serve.app.BackgroundStreamHandler",
             "formatter": "genoflow",
             "stream": "ext://sys.stderr",
         },
