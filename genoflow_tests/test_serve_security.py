@@ -543,4 +543,6 @@ def test_a_running_server_bounds_request_heads_and_chunked_bodies(home, tokens, 
         post = f"POST /reads/{BAM} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
         answer = _raw(base, post.encode() + auth + b"\r\n", chunk * (MAX_BODY // 65536 + 2))
         assert answer.startswith(b"HTTP/1.1 413 ") and b'"PayloadTooLarge"' in answer, answer
+        # The unread body is not waited for: the server closes at once, not after keep-alive.
+        assert b"\r\nconnection: close\r\n" in answer.lower(), answer[:300]
         assert _call(base, f"/data/{BAM}", {**BEARER, "Range": "bytes=0-9"})[0] == 206

@@ -129,6 +129,11 @@ def log_access(scope: Scope, status: int, sent: int, started: float) -> None:
     ACCESS.handle(ACCESS.makeRecord(ACCESS.name, logging.INFO, __file__, 0, LINE, args, None))
 
 
+# A refused request's body is left unread: the connection closes after the answer, so the client
+# sees its end at once instead of when keep-alive times out.
+CLOSE = [(b"connection", b"close")]
+
+
 class Bounds:
     """Refuse oversized targets, headers and bodies, and control characters in paths."""
 
@@ -141,13 +146,15 @@ class Bounds:
             return
         problem = self._problem(scope)
         if problem is not None:
-            await refuse(scope, send, *problem)
+            await refuse(scope, send, *problem, CLOSE)
             return
         headers = Headers(scope=scope)
         if "content-length" not in headers and "transfer-encoding" in headers:
             body = await self._read(receive)
             if body is None:
-                await refuse(scope, send, 413, f"a request body may hold at most {MAX_BODY} bytes")
+                await refuse(
+                    scope, send, 413, f"a request body may hold at most {MAX_BODY} bytes", CLOSE
+                )
                 return
             receive = _replay(body)
         await self.app(scope, self._bounded(receive), send)
