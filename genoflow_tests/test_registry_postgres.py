@@ -9,8 +9,6 @@ folder, and is stopped by PID with SIGINT. Every test gets a database of its own
 from __future__ import annotations
 
 import datetime as dt
-import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,13 +32,7 @@ from genoflow_tests.support.artifacts import (
     store,
     upload_artifact,
 )
-from genoflow_tests.support.postgres import (
-    free_port,
-    postgres_binary,
-    run_as_postgres,
-    server_folder,
-    wait_until_ready,
-)
+from genoflow_tests.support.postgres import running_server
 from genoflow_tests.support.processes import race
 from genoflow_tests.support.rows import row
 
@@ -52,30 +44,8 @@ PROCESSES = 4
 @pytest.fixture(scope="module")
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL server for this module; yields its URL without a database name."""
-    pytest.importorskip(
-        "psycopg2", reason="psycopg2 is not installed (pip install psycopg2-binary)"
-    )
-    initdb, postgres = postgres_binary("initdb"), postgres_binary("postgres")
-    user = run_as_postgres()
-    with server_folder(user) as folder:
-        init = [initdb, "-D", "data", "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]
-        made = subprocess.run([*init, "--locale=C"], cwd=folder, capture_output=True, **user)
-        if made.returncode != 0:
-            pytest.fail(f"initdb failed: {made.stderr.decode(errors='replace')}")
-        port, log = free_port(), folder / "server.log"
-        options = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-        command = [postgres, "-D", "data", "-h", "127.0.0.1", "-p", str(port), "-k", str(folder)]
-        with open(log, "wb") as output:
-            server = subprocess.Popen(
-                [*command, *options], cwd=folder, stdout=output, stderr=subprocess.STDOUT, **user
-            )
-        try:
-            url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
-            wait_until_ready(url, server, log)
-            yield url
-        finally:
-            server.send_signal(signal.SIGINT)
-            server.wait(timeout=60)
+    with running_server("full_page_writes=off") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -10,6 +10,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -79,3 +80,34 @@ def wait_until_ready(url: str, server: subprocess.Popen[bytes], log: Path) -> No
                 time.sleep(0.1)
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def running_server(*settings: str) -> Iterator[str]:
+    """Run a throwaway PostgreSQL server (durability off, plus ``settings`` such as
+    ``"max_connections=200"``) until the block ends; yields its URL without a database name."""
+    pytest.importorskip(
+        "psycopg2", reason="psycopg2 is not installed (pip install psycopg2-binary)"
+    )
+    initdb, postgres = postgres_binary("initdb"), postgres_binary("postgres")
+    user = run_as_postgres()
+    with server_folder(user) as folder:
+        init = [initdb, "-D", "data", "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]
+        made = subprocess.run([*init, "--locale=C"], cwd=folder, capture_output=True, **user)
+        if made.returncode != 0:
+            pytest.fail(f"initdb failed: {made.stderr.decode(errors='replace')}")
+        port, log = free_port(), folder / "server.log"
+        options = [arg for setting in ("fsync=off", "synchronous_commit=off", *settings)
+                   for arg in ("-c", setting)]  # fmt: skip
+        command = [postgres, "-D", "data", "-h", "127.0.0.1", "-p", str(port), "-k", str(folder)]
+        with open(log, "wb") as output:
+            server = subprocess.Popen(
+                [*command, *options], cwd=folder, stdout=output, stderr=subprocess.STDOUT, **user
+            )
+        try:
+            url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
+            wait_until_ready(url, server, log)
+            yield url
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=60)
