@@ -207,6 +207,40 @@ def test_an_owner_on_this_host_is_alive_while_its_pid_runs_and_gone_after() -> N
     assert local_owner_gone(f"{socket.gethostname()}:{dead}") is True
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_zombie_owner_is_gone() -> None:
+    """A process that ended but was never reaped (its parent died or has not waited yet)
+    answers signal 0 like a live one; it owns nothing any more."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while atomic._proc_stat(child.pid)[0] != "Z" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert atomic._proc_stat(child.pid)[0] == "Z"
+        assert atomic.process_alive(socket.gethostname(), child.pid) is False
+    finally:
+        child.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_reused_pid_that_started_after_the_mark_is_not_its_owner(tmp_path) -> None:
+    """A draft whose owner died keeps its pid in its name; a newer process given the same pid
+    started after the draft was last touched, so it cannot be the owner."""
+    host = socket.gethostname()
+    assert atomic.process_alive(host, os.getpid(), since=time.time()) is True
+    a_day_ago = time.time() - 86400
+    assert atomic.process_alive(host, os.getpid(), since=a_day_ago) is False
+    short = host.split(".")[0] or "localhost"
+    draft = tmp_path / f".v1.tmp.{short}.{os.getpid()}.00ff00ff"
+    draft.mkdir()
+    assert atomic.owner_alive(draft.name, draft) is True
+    os.utime(draft, (a_day_ago, a_day_ago))
+    assert atomic.owner_alive(draft.name, draft) is False
+    assert atomic.sweep(tmp_path) == [draft]
+    assert local_owner_gone(owner_id(), since=a_day_ago) is True
+    assert local_owner_gone(owner_id(), since=time.time()) is False
+
+
 def test_an_owner_on_another_host_is_never_presumed_dead() -> None:
     dead = _dead_pid()
     assert atomic.process_alive("another-host.example", dead) is None

@@ -311,7 +311,10 @@ def _assert_never_half_published(home: Path, md5: str) -> None:
             assert (folder / entry["name"]).stat().st_size == entry["size"], entry
     Cache(home / "cache").sweep()  # removes only drafts whose owner process is gone
     for path in home.rglob("*.tmp.*"):  # any draft left must be reclaimable
-        owners = [atomic.owner_alive(part) for part in path.relative_to(home).parts]
+        parts = path.relative_to(home).parts
+        owners = [
+            atomic.owner_alive(part, home.joinpath(*parts[: i + 1])) for i, part in enumerate(parts)
+        ]
         assert False in owners, f"{path} is a draft of a live process (owners {owners})"
 
 

@@ -100,11 +100,14 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
         DagsterRunStatus.STARTING,
         DagsterRunStatus.STARTED,
     ]
-    runs = instance.get_runs(RunsFilter(statuses=in_progress, tags={LAUNCHED_BY: "genoflow run"}))
+    records = instance.get_run_records(
+        RunsFilter(statuses=in_progress, tags={LAUNCHED_BY: "genoflow run"})
+    )
     failed = []
-    for run in runs:
-        owner = run.tags.get(OWNER, "")
-        if local_owner_gone(owner):
+    for record in records:
+        run, owner = record.dagster_run, record.dagster_run.tags.get(OWNER, "")
+        # The owner made the run, so a process with its pid that started later is another one.
+        if local_owner_gone(owner, since=record.create_timestamp.timestamp()):
             message = f"the process {owner} running it is gone (killed); run the manifest again"
             instance.report_run_failed(run, message=message)
             failed.append(run.run_id)

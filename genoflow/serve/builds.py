@@ -283,7 +283,7 @@ class Builds:
     def _stale(self, claim: Claim) -> bool:
         if claim.owner == QUEUE_OWNER:
             return False  # the daemon's run monitoring ends a run whose worker died
-        if local_owner_gone(claim.owner):
+        if local_owner_gone(claim.owner, since=claim.claimed_at or None):
             return True
         return time.time() - claim.heartbeat_at > self.stale_after
 

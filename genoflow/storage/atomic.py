@@ -135,17 +135,21 @@ def remove_tree(path: str | Path) -> None:
         shutil.rmtree(path)
 
 
-def process_alive(host: str, pid: str | int) -> bool | None:
+def process_alive(host: str, pid: str | int, *, since: float | None = None) -> bool | None:
     """Whether process ``pid`` of ``host`` still runs: the one owner-liveness rule.
 
     On this host (its name as ``socket.gethostname`` gives it, or the short form temp folder
-    names carry) the pid is probed: False only when no such process exists; a process of
-    another user counts as alive. An owner on another host is never presumed dead, since its
+    names carry) the pid is probed: False when no such process exists, when it is a zombie (it
+    has ended and only waits to be reaped), or when it started after ``since`` (the pid was
+    reused by a newer process, so it cannot be the owner that left its mark by then). A process
+    of another user counts as alive. An owner on another host is never presumed dead, since its
     pid cannot be checked from here: the answer is None, and the caller decides by age.
 
     Args:
         host: The host the owner recorded.
         pid: Its process id (a string that is not a number also gives None).
+        since: When the owner was known to be running (epoch seconds): the mtime of what it
+            made, or the time it last wrote its row. None skips the pid-reuse test.
 
     Returns:
         True (alive), False (gone) or None (cannot be told from this host).
@@ -157,17 +161,54 @@ def process_alive(host: str, pid: str | int) -> bool | None:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    state, started = _proc_stat(int(pid))
+    if state == "Z":
+        return False
+    return not (since is not None and started is not None and started > since + START_SLACK)
 
 
-def owner_alive(name: str) -> bool | None:
+# /proc/stat's boot time has whole seconds; a process start time read from it is this exact.
+START_SLACK = 2.0
+_BOOT_TIME: list[float] = []
+
+
+def _proc_stat(pid: int) -> tuple[str | None, float | None]:
+    """The state letter of process ``pid`` and when it started (epoch seconds), from /proc;
+    (None, None) where /proc cannot tell (another OS, or the process just ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if not _BOOT_TIME:
+            for line in Path("/proc/stat").read_text().splitlines():
+                if line.startswith("btime "):
+                    _BOOT_TIME.append(float(line.split()[1]))
+    except OSError:
+        return None, None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    started = None
+    if _BOOT_TIME and len(fields) > 19:
+        started = _BOOT_TIME[0] + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return fields[0] if fields else None, started
+
+
+def owner_alive(name: str, path: str | Path | None = None) -> bool | None:
     """Whether the process that owns temp folder ``name`` still runs (:func:`process_alive`;
-    None also when ``name`` is not a temp folder name)."""
+    None also when ``name`` is not a temp folder name). With ``path`` (the folder itself), a
+    process that started after the folder was last modified is not its owner (a reused pid)."""
     match = _TEMP.match(name)
     if not match:
         return None
-    return process_alive(match["host"], match["pid"])
+    return process_alive(match["host"], match["pid"], since=_mtime(path))
+
+
+def _mtime(path: str | Path | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def sweep(parent: str | Path) -> list[Path]:
@@ -196,7 +237,7 @@ def sweep(parent: str | Path) -> list[Path]:
 
 
 def _is_dead(match: re.Match[str], path: Path) -> bool:
-    alive = process_alive(match["host"], match["pid"])
+    alive = process_alive(match["host"], match["pid"], since=_mtime(path))
     if alive is not None:
         return not alive
     try:

@@ -245,22 +245,23 @@ def drop_pending(connection: Connection, location: str, path: str, owner: str) -
     return deleted.rowcount > 0
 
 
-def local_owner_gone(owner: str) -> bool | None:
+def local_owner_gone(owner: str, since: float | None = None) -> bool | None:
     """Whether the process ``host:pid`` (see :func:`owner_id`) has ended, by the one rule of
     :func:`genoflow.storage.atomic.process_alive`: None when it belongs to another host, whose
-    processes cannot be probed from here (never presumed dead)."""
+    processes cannot be probed from here (never presumed dead). ``since`` (epoch seconds) is
+    when the owner last wrote its row: a process with that pid started later is not the owner."""
     host, _, pid = owner.rpartition(":")
-    alive = process_alive(host, pid)
+    alive = process_alive(host, pid, since=since)
     return None if alive is None else not alive
 
 
 def writer_gone(replica: Replica, max_age: float) -> bool:
     """Whether the owner of a pending replica is gone: a dead pid on this host, or, for another
     host (whose processes cannot be probed), a row older than ``max_age`` seconds."""
-    gone = local_owner_gone(replica.owner or "")
+    assert replica.updated_at is not None  # every row has one
+    gone = local_owner_gone(replica.owner or "", since=as_utc(replica.updated_at).timestamp())
     if gone is not None:
         return gone
-    assert replica.updated_at is not None  # every row has one
     return (now() - replica.updated_at).total_seconds() > max_age
 
 
