@@ -133,6 +133,8 @@ def load_manifests(paths: Sequence[Path]) -> tuple[Manifest, list[str]]:
         if path not in listed
     ]
     problems += [f"[manifest] invalid row {error}" for error in manifest.errors]
+    # Warnings are printed, not returned: they fail nothing (a C2M2 format found by name).
+    print_errors(f"[manifest] warning {warning}" for warning in manifest.warnings())
     return manifest, problems
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from genoflow.core.checksums import open_regular
 from genoflow.core.errors import ManifestError
+from genoflow.manifests import c2m2
 
 __all__ = ["REQUIRED", "Record", "load_records"]
 
@@ -161,6 +162,7 @@ def parse_table(text: str, path: Path) -> list[Record]:
     lines = _Lines(text)
     reader = csv.reader(lines, delimiter=_delimiter(path, text), strict=True)
     header: list[str] | None = None
+    convert: c2m2.Converter | None = None  # a C2M2 file table's rows become manifest records
     records: list[Record] = []
     while True:
         try:
@@ -177,10 +179,12 @@ def parse_table(text: str, path: Path) -> list[Record]:
             lines.at_boundary = True
         if header is None:
             header = _header(fields, path)
+            convert = c2m2.row_converter(path) if c2m2.is_file_table(header) else None
         elif len(fields) > len(header) and any(value.strip() for value in fields[len(header) :]):
             records.append((lines.first, f"{len(fields)} fields but the header has {len(header)}"))
         else:
-            records.append((lines.first, dict(zip(header, fields, strict=False))))
+            record = dict(zip(header, fields, strict=False))
+            records.append((lines.first, convert(record, lines.first) if convert else record))
     if header is None:
         raise ManifestError(
             "no header row (the file is empty or holds only comments)", file=str(path)
@@ -196,12 +200,16 @@ def _header(fields: list[str], path: Path) -> list[str]:
     elif len(set(header)) < len(header):
         twice = sorted({column for column in header if header.count(column) > 1})
         problem = f"header repeats column(s) {', '.join(twice)} (names are case-insensitive)"
-    elif missing := [column for column in REQUIRED if column not in header]:
+    elif not c2m2.is_file_table(header) and (
+        missing := [column for column in REQUIRED if column not in header]
+    ):
         problem = f"header lacks required column(s) {', '.join(missing)}"
     if problem:
         raise ManifestError(
             f"{problem}; found {', '.join(header)[:200]}",
             file=str(path),
-            hint="the header needs name, uri and md5 (format, size and other columns optional)",
+            hint="the header needs name, uri and md5 (format, size and other columns optional), "
+            "or a C2M2 file table's id_namespace, local_id, project_id_namespace, "
+            "project_local_id and filename",
         )
     return header
