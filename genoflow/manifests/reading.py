@@ -26,6 +26,7 @@ from pathlib import Path
 from genoflow.core.errors import GenoflowError, ManifestError
 from genoflow.core.formats import FAMILY, FORMATS, Family, format_from_name, normalize_format
 from genoflow.core.settings import ConfigError, Settings
+from genoflow.manifests.c2m2 import WARNING_KEY
 from genoflow.manifests.records import REQUIRED, Record, load_records
 from genoflow.manifests.uris import (
     URI_RESOLVERS,
@@ -104,6 +105,15 @@ class Manifest:
     paths: list[Path]
     rows: list[ManifestRow]
     errors: list[RowError]
+
+    def warnings(self) -> list[str]:
+        """``manifest:line: what`` for each kept row that carries a warning (a C2M2 row whose
+        format was not given by its EDAM term, for one)."""
+        return [
+            f"{row.location()}: {row.extra[WARNING_KEY]}"
+            for row in self.rows
+            if row.extra.get(WARNING_KEY)
+        ]
 
     def sources(self) -> dict[str, list[ManifestRow]]:
         """Group rows by md5 (replicas of one source), in first-seen order."""
@@ -278,6 +288,27 @@ def _lookup_md5(uri: str, lookup: Md5Lookup | None) -> tuple[str, str | None]:
     return found.lower(), None
 
 
+def _drs_facts(uri: str, md5: str, size: str) -> tuple[str, str, str | None]:
+    """A ``drs://`` row's md5 and size: the DRS object's fill what the row leaves empty and
+    must equal what it gives. Returns (md5, size, problem)."""
+    from genoflow.storage.drs import drs_object
+
+    try:
+        found = drs_object(uri)
+    except GenoflowError as exc:
+        return md5, size, str(exc)
+    fix = "check which is right, then fix the manifest (or leave the column empty)"
+    if md5 and found.md5 and _MD5.fullmatch(md5) and md5 != found.md5:
+        problem = f"md5 {md5} disagrees with the DRS object's md5 checksum {found.md5}"
+        return md5, size, f"{problem} ({uri}) — {fix}"
+    if not md5 and not found.md5:
+        return md5, size, f"md5 left empty but the DRS object {uri} lists no md5 checksum: give it"
+    if size and _INT.fullmatch(size) and int(size) != found.size:
+        problem = f"size {size} disagrees with the DRS object's size {found.size}"
+        return md5, size, f"{problem} ({uri}) — {fix}"
+    return md5 or found.md5 or "", size or str(found.size), None
+
+
 def validate_record(
     fields: dict[str, str] | str,
     *,
@@ -293,7 +324,9 @@ def validate_record(
     values = {column: value.strip() for column, value in fields.items()}
     name, uri, md5 = values.get("name", ""), values.get("uri", ""), values.get("md5", "").lower()
     resolved, uri_problem = _resolve(uri, base) if uri else ("", None)
-    if not md5 and resolved and not uri_problem:
+    if resolved.startswith("drs://") and not uri_problem:
+        md5, values["size"], uri_problem = _drs_facts(resolved, md5, values.get("size", ""))
+    elif not md5 and resolved and not uri_problem:
         md5, uri_problem = _lookup_md5(resolved, lookup)
     # With neither name nor uri, "missing required fields" already says enough.
     fmt, format_problem = (
