@@ -32,7 +32,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from genoflow.core.settings import ServeSettings, Settings
-from genoflow.serve import files, htsget, jobs, pages, viewer
+from genoflow.serve import drs, files, htsget, jobs, pages, viewer
 from genoflow.serve.auth import Tokens
 from genoflow.serve.catalog import Catalog
 from genoflow.serve.middleware import AccessLog, Bounds, RequireToken, TokenCheck
@@ -42,6 +42,7 @@ from genoflow.storage.registry import Registry
 
 # ---- Route modules: each exposes routes() -> list[Route]. Add one line per module. ----
 ROUTE_MODULES = [
+    drs,
     files,
     htsget,
     jobs,

@@ -18,6 +18,8 @@ Invariants:
   signed URL, which opens only the file or page it was made for, offered for a ticket),
   PayloadTooLarge 413, InvalidInput 400 (an overlong target, a control character, oversized
   headers);
+- on DRS's paths (:func:`is_drs`) every refusal is DRS's error JSON ``{"msg", "status_code"}``
+  with the status above (a signed URL offered for a DRS object: 403, as for an htsget ticket);
 - no answer ever echoes a token, a signature or a query string.
 """
 
@@ -56,6 +58,15 @@ CHALLENGE = b'Bearer realm="genoflow"'
 REFUSED = b'Bearer realm="genoflow", error="invalid_token"'
 
 
+DRS_ROOT = "/ga4gh/drs/v1"  # GA4GH DRS (genoflow.serve.drs): its refusals are DRS's error JSON
+
+
+def is_drs(path: str) -> bool:
+    """Whether ``path`` is one of DRS's (:mod:`genoflow.serve.drs`), whose errors are DRS's
+    ``{"msg": …, "status_code": …}``."""
+    return path == DRS_ROOT or path.startswith(DRS_ROOT + "/")
+
+
 def is_htsget(path: str) -> bool:
     """Whether ``path`` is one of htsget's (tickets and service-info), whose errors are
     htsget's JSON."""
@@ -74,6 +85,8 @@ async def refuse(
         status = 400 if kind == "InvalidInput" else status
         media_type = HTSGET_MEDIA_TYPE.encode()
         body = {"htsget": {"error": kind, "message": message}}
+    elif is_drs(scope.get("path", "")):
+        body = {"msg": message, "status_code": status}
     payload = json.dumps(body).encode()
     raw = [(b"content-type", media_type), (b"content-length", str(len(payload)).encode())]
     raw.append((b"cache-control", b"no-store"))
@@ -253,10 +266,10 @@ class RequireToken:
         if presented is not None:
             return 401, "the bearer token is not valid", [(b"www-authenticate", REFUSED)]
         if signed_query(scope) is not None:
-            if is_htsget(scope["path"]):
+            if is_htsget(scope["path"]) or is_drs(scope["path"]):
                 message = (
                     "a signed URL opens only the file or page it was made for; "
-                    "an htsget ticket needs a bearer token"
+                    "an htsget ticket or a DRS object needs a bearer token"
                 )
                 return 403, message, []
             state = verify(self.tokens.path, scope)
