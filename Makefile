@@ -7,6 +7,7 @@ GENOFLOW_HOME ?= $(CURDIR)/.genoflow
 export GENOFLOW_HOME
 
 .PHONY: demo test serve web test-clients dev bench bench-serve lint format clean cluster-demo cluster-tools stress-races node-tools
+.PHONY: drs-compliance
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +63,21 @@ cluster-tools:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends redis-server postgresql >/dev/null; \
 	fi
+
+# GA4GH's drs-compliance-suite (DRS 1.2.0) against `genoflow serve` over the demo home, without and
+# with bearer tokens; reports in build/drs-compliance/; fails when a case fails. The suite pins
+# old Flask/requests/pytest, so it gets a virtualenv of its own; Werkzeug < 2.3 and jsonschema
+# are what its Flask 2.2 and its schema checks need and its wheel does not pin or declare.
+DRS_VENV := .venv-drs
+$(DRS_VENV)/.installed:
+	test -x $(DRS_VENV)/bin/python || $(PYTHON) -m venv $(DRS_VENV)
+	$(DRS_VENV)/bin/python -m pip install -q drs-compliance-suite==1.0.3 'werkzeug>=2.2,<2.3' \
+	    jsonschema==4.17.3
+	touch $@
+
+drs-compliance: $(VENV)/.installed $(DRS_VENV)/.installed
+	$(BIN)/python scripts/drs_compliance.py --suite-python $(DRS_VENV)/bin/python \
+	    --out build/drs-compliance
 
 # The race-prone tests 50 times each under a parallel fsync-heavy writer; a table of failures.
 stress-races: $(VENV)/.installed-dev
