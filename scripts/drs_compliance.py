@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "data" / "manifests" / "demo.tsv"
 DRS = "/ga4gh/drs/v1"
 SHIM = 'SUPPORTED_DRS_VERSIONS = ["1.2.0"]\n'
+SUMMARY_KEYS = ("passed", "failed", "skipped", "warned", "unknown")
 
 
 def build_home(home: Path, manifest: Path) -> None:
@@ -171,14 +172,9 @@ def run_pass(name: str, args: argparse.Namespace, ids: list[tuple[str, bool]]) -
     parsed = json.loads(report.read_text())
     counts = parsed.get("summary", {})
     failed = failures(parsed)
-    print(
-        f"drs-compliance-suite ({name} auth, {len(ids)} objects): "
-        + " ".join(
-            f"{key}={counts.get(key, 0)}"
-            for key in ("passed", "failed", "skipped", "warned", "unknown")
-        )  # fmt: skip
-        + f"; report {report.relative_to(ROOT) if report.is_relative_to(ROOT) else report}"
-    )
+    shown = " ".join(f"{key}={counts.get(key, 0)}" for key in SUMMARY_KEYS)
+    where = report.relative_to(ROOT) if report.is_relative_to(ROOT) else report
+    print(f"drs-compliance-suite ({name} auth, {len(ids)} objects): {shown}; report {where}")
     for line in failed:
         print(f"  FAILED {line}")
     return not failed and counts.get("passed", 0) > 0
