@@ -110,8 +110,9 @@ def full_uri(row: SourceRow) -> str:
 
 
 def replica_order(uris: Iterable[str]) -> list[str]:
-    """Distinct source URIs, cheapest first: local files, then gs://, then http(s)://."""
-    rank = {"gs": 1, "http": 2, "https": 2}
+    """Distinct source URIs, cheapest first: local files, then gs://, then http(s)://, then
+    drs:// (one more request to resolve)."""
+    rank = {"gs": 1, "http": 2, "https": 2, "drs": 3}
     distinct = list(dict.fromkeys(uris))
     return sorted(
         distinct, key=lambda uri: rank.get(uri.split("://", 1)[0], 0) if "://" in uri else 0

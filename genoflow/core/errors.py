@@ -112,6 +112,13 @@ class SourceError(GenoflowError):
     default_hint = "check that the manifest's uri points at a readable file"
 
 
+class DrsError(SourceError):
+    """A ``drs://`` id cannot be resolved or read: its message names the step (resolving the
+    object, getting its access URL, reading its bytes)."""
+
+    default_hint = "check the DRS id, and the token and hosts set by GENOFLOW_DRS_*"
+
+
 class ProcessingError(GenoflowError):
     """A processor (sort, compress, index, convert) failed on a file's content."""
 

@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from genoflow.core.errors import GenoflowError, redact
@@ -486,3 +486,79 @@ def _base_url(env: Mapping[str, str], variable: str) -> str | None:
             "set it to e.g. http://host:port, or unset it",
         )
     return value.rstrip("/")
+
+
+@dataclass(frozen=True)
+class DrsSettings:
+    """How ``drs://`` sources are resolved (the README's configuration table).
+
+    Attributes:
+        token: the bearer token sent to every DRS server without one of its own,
+            ``GENOFLOW_DRS_TOKEN``.
+        tokens: ``host[:port]`` → bearer token, ``GENOFLOW_DRS_TOKENS``
+            (``host[:port]=token,...``); a ``host:port`` entry wins over a bare ``host``.
+        insecure_hosts: ``host[:port]`` a DRS server (or an access URL) may be reached on over
+            plain http, ``GENOFLOW_DRS_INSECURE_HOSTS`` (comma-separated); a bare host allows
+            every port of it.
+        prefixes: compact-identifier prefix → DRS server base URL, ``GENOFLOW_DRS_PREFIXES``
+            (``prefix=https://host[:port][/path],...``); ``drs://prefix:accession`` is then
+            resolved at ``{base}/ga4gh/drs/v1/objects/{accession}``.
+    """
+
+    token: str | None = field(default=None, repr=False)
+    tokens: Mapping[str, str] = field(default_factory=dict, repr=False)
+    insecure_hosts: frozenset[str] = frozenset()
+    prefixes: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DrsSettings:
+        """Read the ``GENOFLOW_DRS_*`` variables; a token is never shown in an error.
+
+        Raises:
+            ConfigError: a variable holds an unusable value.
+        """
+        env = _environ(environ)
+        tokens = _pairs(env, "GENOFLOW_DRS_TOKENS", secret=True)
+        prefixes = _pairs(env, "GENOFLOW_DRS_PREFIXES", secret=False)
+        for prefix, base in prefixes.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", prefix) or not re.fullmatch(
+                r"https?://[^\s/?#@]+(/[^\s?#]*)?", base
+            ):
+                raise _bad(
+                    "GENOFLOW_DRS_PREFIXES",
+                    redact(f"{prefix}={base}"),
+                    "needs lower-case prefixes mapped to http(s) base URLs without a query",
+                    "set it to e.g. myprefix=https://drs.example.org,other=https://host:8443",
+                )
+        insecure = env.get("GENOFLOW_DRS_INSECURE_HOSTS") or ""
+        return cls(
+            token=(env.get("GENOFLOW_DRS_TOKEN") or "").strip() or None,
+            tokens=tokens,
+            insecure_hosts=frozenset(h.strip().lower() for h in insecure.split(",") if h.strip()),
+            prefixes={prefix: base.rstrip("/") for prefix, base in prefixes.items()},
+        )
+
+    def token_for(self, host: str, port: int | None) -> str | None:
+        """The bearer token for a DRS server at ``host`` (and ``port``), if any."""
+        host = host.lower()
+        return self.tokens.get(f"{host}:{port}") or self.tokens.get(host) or self.token
+
+    def allows_http(self, host: str, port: int | None) -> bool:
+        """Whether ``host`` (and ``port``) may be reached over plain http."""
+        host = host.lower()
+        return host in self.insecure_hosts or f"{host}:{port}" in self.insecure_hosts
+
+
+def _pairs(env: Mapping[str, str], variable: str, *, secret: bool) -> dict[str, str]:
+    """``key=value,...`` as a dict (keys lower-cased); a secret value is never shown."""
+    pairs: dict[str, str] = {}
+    for item in (env.get(variable) or "").split(","):
+        if not item.strip():
+            continue
+        key, sign, value = item.strip().partition("=")
+        if not sign or not key.strip() or not value.strip():
+            shown = f"{key}=…" if secret else item.strip()
+            problem = "needs comma-separated key=value pairs"
+            raise _bad(variable, shown, problem, "fix it or unset it")
+        pairs[key.strip().lower()] = value.strip()
+    return pairs

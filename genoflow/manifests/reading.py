@@ -324,8 +324,9 @@ def validate_record(
     values = {column: value.strip() for column, value in fields.items()}
     name, uri, md5 = values.get("name", ""), values.get("uri", ""), values.get("md5", "").lower()
     resolved, uri_problem = _resolve(uri, base) if uri else ("", None)
+    drs_problem = None  # when set, the md5 is not "missing": the DRS could not be asked
     if resolved.startswith("drs://") and not uri_problem:
-        md5, values["size"], uri_problem = _drs_facts(resolved, md5, values.get("size", ""))
+        md5, values["size"], drs_problem = _drs_facts(resolved, md5, values.get("size", ""))
     elif not md5 and resolved and not uri_problem:
         md5, uri_problem = _lookup_md5(resolved, lookup)
     # With neither name nor uri, "missing required fields" already says enough.
@@ -334,12 +335,12 @@ def validate_record(
     )
     size, size_problem = _size(values.get("size", ""))
     problems = (
-        _missing(name, uri, md5),
+        _missing(name, uri, md5 or ("?" if drs_problem else "")),
         _name_problem(name) if name else None,
         f"malformed md5 {_show(values['md5'])} (need 32 hex digits)"
         if md5 and not _MD5.fullmatch(md5)
         else None,
-        uri_problem,
+        uri_problem or drs_problem,
         format_problem,
         size_problem,
     )

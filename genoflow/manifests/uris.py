@@ -94,11 +94,21 @@ def _pass_through(uri: str, base: Path) -> str:
     return uri
 
 
+def _resolve_drs(uri: str, base: Path) -> str:
+    """A ``drs://`` id unchanged once its form (and a compact id's prefix) is known good."""
+    from genoflow.core.settings import DrsSettings
+    from genoflow.storage.drs import parse_drs_uri
+
+    parse_drs_uri(uri, DrsSettings.from_env())
+    return uri
+
+
 URI_RESOLVERS: dict[str, Resolver] = {
     "file": _resolve_file,
     "http": _pass_through,
     "https": _pass_through,
     "gs": _pass_through,
+    "drs": _resolve_drs,
 }
 """Scheme → resolver. Remote schemes pass through until readers for them are registered."""
 

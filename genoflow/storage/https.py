@@ -25,7 +25,7 @@ import functools
 import io
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import BinaryIO
 
@@ -65,7 +65,9 @@ def _guard_library_logs() -> None:
 
 
 @contextmanager
-def open_https(uri: str, *, policy: HttpPolicy | None = None) -> Iterator[BinaryIO]:
+def open_https(
+    uri: str, *, policy: HttpPolicy | None = None, headers: Mapping[str, str] | None = None
+) -> Iterator[BinaryIO]:
     """Open an ``http://`` or ``https://`` URI for streaming, as :data:`staging.READERS` expects.
 
     The reader's ``read(n)`` returns the next bytes of the body or raises: transient failures
@@ -74,6 +76,8 @@ def open_https(uri: str, *, policy: HttpPolicy | None = None) -> Iterator[Binary
     Args:
         uri: the URL, signed or not; its query string is never shown.
         policy: retry bounds and timeouts; the defaults suit production.
+        headers: sent with every request (a DRS access URL's own headers, a bearer token);
+            redirects stay on the same host, so they never reach another. Never logged.
 
     Raises:
         SourceError: the URL is forbidden or expired (401/403), missing (404), answered another
@@ -86,16 +90,20 @@ def open_https(uri: str, *, policy: HttpPolicy | None = None) -> Iterator[Binary
         adapter = HTTPAdapter(max_retries=Retry(total=0, read=False, redirect=False))
         session.mount("http://", adapter)
         session.mount("https://", adapter)
+        session.headers.update(headers or {})
         with io.BufferedReader(HttpBody(uri, policy or HttpPolicy(), session)) as reader:
             yield reader
 
 
 def register_readers(*, policy: HttpPolicy | None = None) -> None:
-    """Let staging read ``http://`` and ``https://`` sources; call once at startup.
+    """Let staging read ``http://``, ``https://`` and ``drs://`` sources; call once at startup.
 
     Args:
         policy: retry bounds and timeouts for every URL read through staging.
     """
+    from genoflow.storage import drs  # drs reads its bytes through this module
+
     opener = open_https if policy is None else functools.partial(open_https, policy=policy)
     staging.READERS["https"] = staging.READERS["http"] = opener
+    staging.READERS["drs"] = functools.partial(drs.open_drs, policy=policy or HttpPolicy())
     _guard_library_logs()
