@@ -3,7 +3,9 @@ once across processes."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -25,6 +27,7 @@ from genoflow.core.settings import Settings
 from genoflow.instance.home import dagster_yaml, ensure_dagster_home
 from genoflow.instance.storage import (
     MAX_SHARD_ENGINES,
+    ComputeLogManager,
     EventLogStorage,
     RunStorage,
     ScheduleStorage,
@@ -37,7 +40,21 @@ def tiny() -> MaterializeResult:
     return MaterializeResult(metadata={"rows": 3})
 
 
+@asset
+def talkative() -> None:
+    """Writes to both streams at the descriptor level, as a native tool would, and records
+    which processes this one has started meanwhile."""
+    os.write(1, b"to stdout from the step\n")
+    os.write(2, b"to stderr from the step\n")
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    if children.exists():
+        pids = children.read_text().split()
+        names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids]
+        os.write(2, f"children: {names}\n".encode())
+
+
 JOB = Definitions(assets=[tiny], jobs=[define_asset_job("tiny_job")]).resolve_job_def("tiny_job")
+TALK = Definitions(assets=[talkative], jobs=[define_asset_job("talk")]).resolve_job_def("talk")
 
 
 @pytest.fixture
@@ -65,6 +82,27 @@ def test_genoflows_instance_uses_its_storages(home: Path) -> None:
     assert (home / "history" / "runs.db").is_file()
     assert (home / "history" / "runs" / f"{result.run_id}.db").is_file()
     assert (home / "history" / "runs" / "index.db").is_file()
+
+
+def test_a_runs_output_is_captured_for_the_ui_without_echo_processes(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stdout and stderr of a run land in the compute-log files the UI reads, with no ``tail``
+    or watcher process started to echo them (four a run with Dagster's own manager)."""
+    # The process's own streams, as a run has them (pytest puts objects without a descriptor).
+    monkeypatch.setattr(sys, "stdout", sys.__stdout__)
+    monkeypatch.setattr(sys, "stderr", sys.__stderr__)
+    instance = DagsterInstance.get()
+    assert type(instance.compute_log_manager) is ComputeLogManager
+    result = TALK.execute_in_process(instance=instance)
+    assert result.success
+    logs = home / "storage" / result.run_id / "compute_logs"
+    assert b"to stdout from the step" in b"".join(p.read_bytes() for p in logs.glob("*.out"))
+    err = b"".join(p.read_bytes() for p in logs.glob("*.err"))
+    assert b"to stderr from the step" in err
+    if Path("/proc/self/task").exists():
+        assert b"children: []" in err, err
+    assert list(logs.glob("*.complete"))  # the UI stops waiting for more
 
 
 def test_runs_read_back_with_dagsters_own_storages_and_the_other_way(home: Path) -> None:

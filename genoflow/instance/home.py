@@ -19,11 +19,13 @@ _GENERATED = "# Written by genoflow for the embedded single-machine instance (SQ
 
 def dagster_storage_yaml(dagster_home: Path) -> str:
     """Dagster's SQLite storages in their usual folders under ``dagster_home``, through
-    subclasses that open each database once and create it once across processes
+    subclasses that open each database once and create it once across processes, and its
+    local compute logs captured without four echo processes a run
     (genoflow/instance/storage.py)."""
     history = json.dumps(str(dagster_home / "history"))  # a JSON string is a YAML string
     runs = json.dumps(str(dagster_home / "history" / "runs"))
     schedules = json.dumps(str(dagster_home / "schedules"))
+    compute_logs = json.dumps(str(dagster_home / "storage"))  # Dagster's default folder
     return (
         f"run_storage:\n  module: genoflow.instance.storage\n  class: RunStorage\n"
         f"  config:\n    base_dir: {history}\n"
@@ -31,12 +33,33 @@ def dagster_storage_yaml(dagster_home: Path) -> str:
         f"  config:\n    base_dir: {runs}\n"
         f"schedule_storage:\n  module: genoflow.instance.storage\n  class: ScheduleStorage\n"
         f"  config:\n    base_dir: {schedules}\n"
+        f"compute_logs:\n  module: genoflow.instance.storage\n  class: ComputeLogManager\n"
+        f"  config:\n    base_dir: {compute_logs}\n"
     )
 
 
+# How the daemon runs what it launches (genoflow/instance/launcher.py): each run in a worker
+# forked from a pre-imported forkserver, not a new interpreter. The queue is Dagster's, polled
+# every second rather than every 5 (a pass costs a few indexed queries; a run forks in
+# milliseconds, so the poll was the wait), with GENOFLOW_DAEMON_RUNS runs in flight (the cores,
+# not Dagster's 10, which on a small machine only made ten start-ups compete). Run monitoring
+# fails a run whose worker is gone (its launcher was killed); it polls every 5 s. A run may wait
+# NOT_STARTED in `genoflow serve`'s own build queue for long, so the start timeout is a day.
+_DAEMON = (
+    "run_coordinator:\n  module: genoflow.instance.launcher\n  class: RunQueue\n"
+    "  config:\n    dequeue_interval_seconds: 1\n"
+    "run_launcher:\n  module: genoflow.instance.launcher\n  class: ForkRunLauncher\n"
+    "run_monitoring:\n  enabled: true\n  poll_interval_seconds: 5\n"
+    "  start_timeout_seconds: 86400\n  max_resume_run_attempts: 0\n"
+)
+
+
 def dagster_yaml(dagster_home: Path) -> str:
-    """The ``dagster.yaml`` of the embedded instance in ``dagster_home``."""
-    return _GENERATED + "telemetry:\n  enabled: false\n" + dagster_storage_yaml(dagster_home)
+    """The ``dagster.yaml`` of the embedded instance in ``dagster_home``: genoflow's SQLite
+    storages, run queue, run launcher and run monitoring."""
+    return (
+        _GENERATED + "telemetry:\n  enabled: false\n" + dagster_storage_yaml(dagster_home) + _DAEMON
+    )
 
 
 def foreign_dagster_yaml(dagster_home: Path) -> bool:

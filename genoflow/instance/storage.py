@@ -33,20 +33,27 @@ import os
 import re
 import shutil
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from dagster import StringSource
+from dagster._core.execution.compute_logs import redirect_to_file
+from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
+)
+from dagster._core.storage.local_compute_log_manager import (
+    IO_TYPE_EXTENSION,
+    LocalComputeLogManager,
 )
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
@@ -285,3 +292,34 @@ class ScheduleStorage(_InFolder, SqliteScheduleStorage):
     def in_folder(cls, base_dir: str, inst_data: ConfigurableClassData | None) -> ScheduleStorage:
         with creating(base_dir, "schedules.db"):
             return created(lambda: cls.from_local(base_dir, inst_data=inst_data))
+
+
+class ComputeLogManager(LocalComputeLogManager):
+    """Dagster's local compute logs (a run's stdout and stderr, shown by the UI), captured
+    without echoing them live.
+
+    Dagster's own manager mirrors each stream: it points the file descriptor at the log file
+    and starts ``tail -F`` on it, plus a Python watcher process per ``tail``, to echo the file
+    back to the original stream. That is four processes for every run, most of the per-run
+    cost of a small file. Here the descriptors are pointed at the same files and nothing is
+    echoed: the UI (and ``dagster`` tooling reading the files) sees exactly what it saw before;
+    the terminal of a ``genoflow run`` shows genoflow's own report, which names every error.
+    """
+
+    @contextmanager
+    def capture_logs(self, log_key: Sequence[str]) -> Generator[CapturedLogContext, None, None]:
+        outpath = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDOUT])
+        errpath = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDERR])
+        for path in (outpath, errpath):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        with redirect_to_file(sys.stdout, outpath), redirect_to_file(sys.stderr, errpath):
+            yield CapturedLogContext(log_key)
+        # Dagster's marker that the capture is complete (the UI stops polling).
+        with open(self.complete_artifact_path(log_key), "a"):
+            pass
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> ComputeLogManager:
+        return cls(inst_data=inst_data, **config_value)
