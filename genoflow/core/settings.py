@@ -55,7 +55,8 @@ class Settings:
         threads: threads one build may use.
         dagster_home: the Dagster instance folder.
         deployment: the name of the machines sharing this node's cache (``local``).
-        replicas: URIs (``gs://bucket/prefix``) every published artifact is copied to.
+        replicas: URIs (``gs://bucket/prefix``, or a peer's ``https://host:port``) every
+            published artifact is copied to.
         registry_url: a SQLAlchemy URL for a shared registry; None means the SQLite file.
         allowed_roots: folders local sources may be read from; empty means each manifest's
             own folder and below.
@@ -91,7 +92,7 @@ class Settings:
             threads=_threads(env.get("GENOFLOW_THREADS")),
             dagster_home=dagster_home,
             deployment=env.get("GENOFLOW_DEPLOYMENT") or "local",
-            replicas=_replicas(env.get("GENOFLOW_REPLICAS", "")),
+            replicas=_replicas(env.get("GENOFLOW_REPLICAS", ""), PeerSettings.from_env(env)),
             registry_url=_registry_url(env.get("GENOFLOW_REGISTRY_URL") or None),
             allowed_roots=_roots(env.get("GENOFLOW_ALLOWED_ROOTS", "")),
             max_expansion=_max_expansion(env.get("GENOFLOW_MAX_EXPANSION", "")),
@@ -288,18 +289,86 @@ def _physical_memory() -> int | None:
         return None
 
 
-def _replicas(value: str) -> tuple[str, ...]:
+def _replicas(value: str, peers: PeerSettings | None = None) -> tuple[str, ...]:
+    """``GENOFLOW_REPLICAS``: ``gs://bucket[/prefix]`` and peers' ``https://host[:port][/path]``
+    (plain ``http://`` only for a host ``GENOFLOW_PEER_INSECURE_HOSTS`` names)."""
     replicas = tuple(uri.strip() for uri in value.split(",") if uri.strip())
     for uri in replicas:
+        if uri.startswith(("https://", "http://")):
+            _check_peer(uri, value, peers or PeerSettings())
+            continue
         bucket = uri.removeprefix("gs://").split("/", 1)[0]
         if not uri.startswith("gs://") or not bucket or "?" in uri:
             raise _bad(
                 "GENOFLOW_REPLICAS",
                 redact(value),
-                f"entry {uri.split('?', 1)[0]!r} is not gs://bucket[/prefix]",
-                "list gs:// prefixes separated by ',', or unset it",
+                f"entry {uri.split('?', 1)[0]!r} is not gs://bucket[/prefix] or https://host[:port]",
+                "list gs:// prefixes or peers' https:// base URLs separated by ',', or unset it",
             )
     return replicas
+
+
+def _check_peer(uri: str, value: str, peers: PeerSettings) -> None:
+    """A peer's base URL: no query, no credentials; plain http only for an insecure host."""
+    shown = redact(uri)
+    match = re.fullmatch(r"(https?)://([^\s/?#@]+)(/[^\s?#]*)?", uri)
+    if not match:
+        raise _bad(
+            "GENOFLOW_REPLICAS",
+            redact(value),
+            f"entry {shown!r} is not a peer's base URL (https://host[:port][/path])",
+            "write the peer's base URL without a query or credentials (its token goes in "
+            "GENOFLOW_PEER_TOKEN)",
+        )
+    if match.group(1) == "http" and not peers.insecure(match.group(2)):
+        raise _bad(
+            "GENOFLOW_REPLICAS",
+            redact(value),
+            f"entry {shown!r} is plain http, which would send the peer's token in clear",
+            f"use https, or name {match.group(2)} in GENOFLOW_PEER_INSECURE_HOSTS (for tests "
+            "on loopback)",
+        )
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """How this node talks to peers' ``genoflow serve`` named in ``GENOFLOW_REPLICAS``.
+
+    Attributes:
+        token: the bearer token sent to every peer, ``GENOFLOW_PEER_TOKEN`` (a ``read`` token
+            pulls; pushing needs a ``publish`` one); never shown in a repr, log or error.
+        insecure_hosts: ``host[:port]`` (lower-case) allowed over plain http,
+            ``GENOFLOW_PEER_INSECURE_HOSTS`` (comma-separated), for tests on loopback.
+    """
+
+    token: str | None = field(default=None, repr=False)
+    insecure_hosts: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PeerSettings:
+        """Read ``GENOFLOW_PEER_TOKEN`` and ``GENOFLOW_PEER_INSECURE_HOSTS``.
+
+        Raises:
+            ConfigError: the token holds whitespace (the variable is not shown).
+        """
+        env = _environ(environ)
+        token = (env.get("GENOFLOW_PEER_TOKEN") or "").strip() or None
+        if token is not None and any(char.isspace() or not char.isprintable() for char in token):
+            raise _bad(
+                "GENOFLOW_PEER_TOKEN",
+                "…",
+                "holds whitespace or a control character, so it cannot be a bearer token",
+                "set it to one token from the peer's GENOFLOW_SERVE_TOKENS file",
+            )
+        hosts = env.get("GENOFLOW_PEER_INSECURE_HOSTS") or ""
+        insecure = frozenset(h.strip().lower() for h in hosts.split(",") if h.strip())
+        return cls(token=token, insecure_hosts=insecure)
+
+    def insecure(self, netloc: str) -> bool:
+        """Whether plain http is allowed to ``host[:port]`` (its host alone may be listed)."""
+        netloc = netloc.lower()
+        host = netloc.rsplit(":", 1)[0] if not netloc.endswith("]") else netloc
+        return netloc in self.insecure_hosts or host in self.insecure_hosts
 
 
 def _registry_url(value: str | None) -> str | None:
@@ -562,3 +631,29 @@ def _pairs(env: Mapping[str, str], variable: str, *, secret: bool) -> dict[str, 
             raise _bad(variable, shown, problem, "fix it or unset it")
         pairs[key.strip().lower()] = value.strip()
     return pairs
+
+
+DAEMON_RUNS_VARIABLE = "GENOFLOW_DAEMON_RUNS"
+MAX_DAEMON_RUNS = 256
+
+
+def daemon_runs(environ: Mapping[str, str] | None = None) -> int:
+    """``GENOFLOW_DAEMON_RUNS``: how many runs ``dagster-daemon`` keeps in flight on an embedded
+    instance (its run queue's ``max_concurrent_runs``); each run gets that share of
+    ``GENOFLOW_THREADS`` and ``GENOFLOW_SORT_MEMORY``. Default: this machine's cores.
+
+    Raises:
+        ConfigError: not a whole number from 1 to :data:`MAX_DAEMON_RUNS`.
+    """
+    value = (_environ(environ).get(DAEMON_RUNS_VARIABLE) or "").strip()
+    if not value:
+        return os.cpu_count() or 1
+    if not value.isdigit() or not 1 <= int(value) <= MAX_DAEMON_RUNS:
+        raise _bad(
+            DAEMON_RUNS_VARIABLE,
+            value,
+            f"is not a whole number from 1 to {MAX_DAEMON_RUNS}",
+            f"set it to the runs the daemon may build at once (this machine has "
+            f"{os.cpu_count()} cores), or unset it",
+        )
+    return int(value)

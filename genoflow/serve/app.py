@@ -32,7 +32,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
 from genoflow.core.settings import ServeSettings, Settings
-from genoflow.serve import drs, files, htsget, jobs, pages, viewer
+from genoflow.serve import drs, files, htsget, jobs, pages, publish, viewer
 from genoflow.serve.auth import Tokens
 from genoflow.serve.catalog import Catalog
 from genoflow.serve.middleware import AccessLog, Bounds, RequireToken, TokenCheck
@@ -47,6 +47,7 @@ ROUTE_MODULES = [
     htsget,
     jobs,
     pages,
+    publish,
     viewer,
 ]
 # ---- end of route modules ----

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from genoflow.core.errors import StorageError
-from genoflow.core.settings import Settings
+from genoflow.core.settings import PeerSettings, Settings
 from genoflow.storage.cache import Artifact, Cache, Draft
 from genoflow.storage.datamanager import DataManager
 from genoflow.storage.layout import ArtifactKey
 from genoflow.storage.locations import DataType, LocalLocation, Location
+from genoflow.storage.peer import discover
 from genoflow.storage.registry import Registry
 from genoflow.storage.replicas import Replica, ReplicaState
 from genoflow.storage.upkeep import NoValidReplica, RepairOutcome, ReplicaUpkeep
@@ -39,10 +40,18 @@ def install_readers() -> None:
 
 
 def replica_locations(settings: Settings) -> list[Location]:
-    """The GCS locations named by ``GENOFLOW_REPLICAS`` (shared by every deployment)."""
+    """The locations named by ``GENOFLOW_REPLICAS``: GCS prefixes (shared by every deployment)
+    and peers' ``genoflow serve`` (each its own deployment), in the order listed."""
     from genoflow.storage.gcs import GcsLocation
+    from genoflow.storage.peer import peer_locations
 
-    return [GcsLocation(uri.rstrip("/"), uri, deployment="gcs") for uri in settings.replicas]
+    token = PeerSettings.from_env().token
+    return [
+        GcsLocation(uri.rstrip("/"), uri, deployment="gcs")
+        if uri.startswith("gs://")
+        else peer_locations([uri], token=token)[0]
+        for uri in settings.replicas
+    ]
 
 
 class Node:
@@ -120,7 +129,8 @@ class Node:
         relpath = key.relstr
         if found is not None:
             return found
-        if not self.dm.get_data_locations(relpath):
+        known = self.dm.get_data_locations(relpath)
+        if not known and not discover(self.dm, self.replicas, relpath):  # peers keep their own
             return None
         try:
             self.upkeep.fetch(relpath, self.local, writable=True)
