@@ -173,6 +173,8 @@ def _read_changed(
             continue
         reads[name] = read
         errors.extend(read.manifest.errors)
+        for warning in read.manifest.warnings()[:MAX_LOGGED_ROW_ERRORS]:
+            context.log.warning(f"row kept with a warning: {warning}")
     for error in errors[:MAX_LOGGED_ROW_ERRORS]:
         context.log.warning(f"invalid row {error}")
     if len(errors) > MAX_LOGGED_ROW_ERRORS:
