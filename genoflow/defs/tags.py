@@ -18,6 +18,9 @@ LAUNCHED_BY = "genoflow/launched_by"
 LAUNCHED_BY_SERVE = "genoflow serve"
 # host:pid of the process executing the run in process; a run left STARTED by a dead one is failed.
 OWNER = "genoflow/owner"
+# host:pid of the run worker genoflow's run launcher forked for a daemon-launched run
+# (genoflow/instance/launcher.py): what run monitoring probes and what ``terminate`` signals.
+WORKER = "genoflow/worker"
 # The family of a job, an asset, a run or a materialization (``alignments``, ``intervals``, ...).
 FAMILY = "genoflow/family"
 # The asset's name within its family's chain (``source``, ``sorted``, ...).

@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,11 +265,8 @@ def run_build(
     Returns:
         :data:`FINISHED`, :data:`TIMED_OUT` or :data:`STOPPED`.
     """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["genoflow.instance.runner"])
     args = (run_id, dict(environ), os.getpid())
-    process = context.Process(target=_execute, args=args, daemon=False)
-    process.start()
+    process = start_build_process(_execute, args, preload=["genoflow.instance.runner"])
     outcome = _wait(process, timeout, stop)
     if outcome == TIMED_OUT:
         message = (
@@ -287,6 +284,23 @@ def run_build(
     return outcome
 
 
+def start_build_process(
+    target: Callable[..., None], args: tuple[Any, ...], *, preload: list[str]
+) -> Any:
+    """Start ``target(*args)`` in a process forked from this process's forkserver (started
+    with ``preload`` imported, so a build costs a fork, not an interpreter start and its
+    imports); ``target`` begins with :func:`become_build_process`.
+
+    Returns:
+        The started ``multiprocessing`` process (not daemonic: a build may start processes).
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(preload)  # no effect once this process's forkserver runs
+    process = context.Process(target=target, args=args, daemon=False)
+    process.start()
+    return process
+
+
 def _wait(process: Any, timeout: float, stop: threading.Event | None) -> str:
     """Wait for the build process; kill its group at the cap or when ``stop`` is set."""
     deadline = time.monotonic() + timeout if timeout > 0 else None
@@ -297,7 +311,7 @@ def _wait(process: Any, timeout: float, stop: threading.Event | None) -> str:
         elif deadline is not None and time.monotonic() >= deadline:
             outcome = TIMED_OUT
         if outcome != FINISHED:
-            _kill_group(process.pid)
+            kill_group(process.pid)
             break
         left = deadline - time.monotonic() if deadline is not None else 0.5
         process.join(max(0.0, min(0.5, left)))
@@ -305,7 +319,7 @@ def _wait(process: Any, timeout: float, stop: threading.Event | None) -> str:
     return outcome
 
 
-def _kill_group(pid: int | None) -> None:
+def kill_group(pid: int | None) -> None:
     """SIGKILL the build process and every tool it started (its own process group)."""
     if pid is None:
         return
@@ -333,17 +347,24 @@ def _watch(server: int) -> None:
             os.killpg(0, signal.SIGKILL)
 
 
+def become_build_process(environ: Mapping[str, str], server: int) -> None:
+    """Make this forked process a build process: its own process group, killed whole once the
+    process ``server`` that started it is gone (:func:`_watch`), with ``environ`` as its whole
+    environment (a forkserver child would otherwise have the forkserver's)."""
+    os.setpgrp()
+    threading.Thread(target=_watch, args=(server,), name="genoflow-watch", daemon=True).start()
+    os.environ.clear()
+    os.environ.update(environ)
+    quiet_warnings()
+
+
 def _execute(run_id: str, environ: dict[str, str], server: int) -> None:
     """The build process: run ``run_id`` in this process, as its own process group, for as
     long as the server process ``server`` lives."""
     from dagster._core.execution.api import execute_run
     from dagster._utils.hosted_user_process import recon_job_from_origin
 
-    os.setpgrp()
-    threading.Thread(target=_watch, args=(server,), name="genoflow-watch", daemon=True).start()
-    os.environ.clear()
-    os.environ.update(environ)
-    quiet_warnings()
+    become_build_process(environ, server)
     instance = process_instance()
     run = instance.get_run_by_id(run_id)
     if run is None or run.job_code_origin is None:
