@@ -657,29 +657,3 @@ def daemon_runs(environ: Mapping[str, str] | None = None) -> int:
             f"{os.cpu_count()} cores), or unset it",
         )
     return int(value)
-
-
-DAEMON_RUNS_VARIABLE = "GENOFLOW_DAEMON_RUNS"
-MAX_DAEMON_RUNS = 256
-
-
-def daemon_runs(environ: Mapping[str, str] | None = None) -> int:
-    """``GENOFLOW_DAEMON_RUNS``: how many runs ``dagster-daemon`` keeps in flight on an embedded
-    instance (its run queue's ``max_concurrent_runs``); each run gets that share of
-    ``GENOFLOW_THREADS`` and ``GENOFLOW_SORT_MEMORY``. Default: this machine's cores.
-
-    Raises:
-        ConfigError: not a whole number from 1 to :data:`MAX_DAEMON_RUNS`.
-    """
-    value = (_environ(environ).get(DAEMON_RUNS_VARIABLE) or "").strip()
-    if not value:
-        return os.cpu_count() or 1
-    if not value.isdigit() or not 1 <= int(value) <= MAX_DAEMON_RUNS:
-        raise _bad(
-            DAEMON_RUNS_VARIABLE,
-            value,
-            f"is not a whole number from 1 to {MAX_DAEMON_RUNS}",
-            f"set it to the runs the daemon may build at once (this machine has "
-            f"{os.cpu_count()} cores), or unset it",
-        )
-    return int(value)
