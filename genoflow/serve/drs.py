@@ -1,9 +1,11 @@
 """GA4GH DRS 1.2 under ``/ga4gh/drs/v1/``: every source and every built file as a DRS object.
 
-Endpoints: ``GET service-info``; ``GET``/``POST objects/{id}`` (POST takes DRS 1.2's JSON body,
-whose ``expand`` is honoured; its ``passports`` are not credentials here: bearer tokens are);
-``OPTIONS objects/{id}`` (the authorizations a client needs); ``GET``/``POST
-objects/{id}/access/{access_id}``.
+Endpoints: ``GET service-info``; ``GET``/``POST objects/{id}`` (POST takes DRS 1.2's JSON body;
+its ``expand``, like the query's, changes nothing, as no bundle here nests another, and its
+``passports`` are not credentials here: bearer tokens are); ``OPTIONS objects/{id}`` (the
+authorizations a client needs); ``GET``/``POST objects/{id}/access/{access_id}``, whose one
+``access_id`` is ``https``. Blobs' access methods have DRS's type ``https`` (DRS 1.2 has no
+``http``), with an ``http://`` URL when the server is reached over plain HTTP.
 
 Object ids (derived from the source md5 alone, so a client holding a manifest row can name every
 object of it, built or not):
