@@ -238,3 +238,25 @@ def test_processes_opening_a_new_instance_at_the_same_moment_all_succeed(tmp_pat
         for database in ("history/runs.db", "history/runs/index.db", "schedules/schedules.db"):
             with sqlite3.connect(home / database) as db:
                 assert db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+
+
+def test_a_new_database_is_created_unflushed_and_only_then(tmp_path: Path) -> None:
+    """Creating a database that does not exist yet skips the flush per statement; any other
+    connection, and one made after the creation, flushes as SQLite's default says."""
+    from sqlalchemy import create_engine, text
+
+    from genoflow.instance.storage import creating
+
+    def synchronous(path: Path) -> int:
+        engine = create_engine(f"sqlite:///{path}")
+        with engine.connect() as conn:
+            value = conn.execute(text("PRAGMA synchronous")).scalar()
+        engine.dispose()
+        return int(value)
+
+    with creating(str(tmp_path), "new.db"):
+        assert synchronous(tmp_path / "new.db") == 0  # OFF while it is created
+    assert (tmp_path / "new.db").is_file()
+    assert synchronous(tmp_path / "new.db") == 2  # FULL, SQLite's default, after
+    with creating(str(tmp_path), "new.db"):  # it exists now: opened as any other
+        assert synchronous(tmp_path / "new.db") == 2
