@@ -91,10 +91,10 @@ class DrsServer:
         found = self.objects.get(unquote(match.group(1))) if match else None
         if handler.headers.get("Authorization") != f"Bearer {self.token}":
             _send(handler, 401, {"msg": "token required", "status_code": 401})
-        elif found is None or (found.status is not None and found.status != 401):
+        elif found is None:
             _send(handler, 404, {"msg": "no such object", "status_code": 404})
-        elif found.status == 401:
-            _send(handler, 401, {"msg": "this token may not read it", "status_code": 401})
+        elif found.status is not None:
+            _send(handler, found.status, {"msg": "not for this token", "status_code": found.status})
         elif found.loop:
             _send(handler, 302, None, location=parts.path)
         elif match.group(3):
@@ -319,6 +319,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     server.objects = {
         "good": DrsObject(GTF),
         "locked": DrsObject(BED, status=401),
+        "forbidden": DrsObject(BED, status=403),
         "loop": DrsObject(BED, loop=True),
         "huge": DrsObject(BED, huge_json=True),
         "differs": DrsObject(BED),
@@ -332,6 +333,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             ("genes.gtf", server.drs("good"), ""),
             ("missing.bed", server.drs("absent"), ""),
             ("locked.bed", server.drs("locked"), ""),
+            ("forbidden.bed", server.drs("forbidden"), ""),
             ("loop.bed", server.drs("loop"), ""),
             ("huge.bed", server.drs("huge"), ""),
             ("differs.bed", server.drs("differs"), "0" * 32),
@@ -360,6 +362,7 @@ def _error_for(run: Run, object_id: str) -> str:
     [
         ("absent", "no such object on the DRS server (HTTP 404)"),
         ("locked", "refused access (HTTP 401)"),
+        ("forbidden", "refused access (HTTP 403)"),
         ("loop", "redirect loop"),
         ("huge", "larger than 1048576 bytes"),
         ("differs", "disagrees with the DRS object's md5 checksum"),

@@ -94,7 +94,7 @@ class DrsObject:
     access_methods: tuple[Mapping[str, Any], ...]
 
 
-def _problem(uri: str, message: str, *, stage: str, hint: str) -> SourceError:
+def _problem(uri: str, message: str, *, stage: str, hint: str) -> DrsError:
     return DrsError(message, file=uri, stage=stage, hint=hint)
 
 
@@ -269,7 +269,7 @@ def _json_attempt(
             if response.is_redirect:
                 url = _next_hop(url, response, seen, target, stage=stage, what=what)
                 continue
-            return _answer(response, target, policy, stage=stage, what=what)
+            return _answer(response, target, stage=stage, what=what)
     raise _problem(
         target.uri,
         f"{what}: redirected more than {policy.max_redirects} times",
@@ -324,8 +324,10 @@ _STATUS_HINTS = {
 
 
 def _answer(
-    response: requests.Response, target: DrsTarget, policy: HttpPolicy, *, stage: str, what: str
+    response: requests.Response, target: DrsTarget, *, stage: str, what: str
 ) -> dict[str, Any] | str:
+    """A 200's JSON object, a transient status's description (202 included: DRS's "not yet
+    ready"), or raise for any other status, oversize or malformed JSON."""
     status = response.status_code
     if status == 202 or is_transient(status):
         return f"HTTP {status}"
@@ -472,7 +474,11 @@ def open_drs(uri: str, *, policy: HttpPolicy | None = None) -> Iterator[BinaryIO
         if isinstance(exc, DrsError):
             raise
         raise _problem(
-            uri, f"reading its access URL {exc.file}: {exc.message}", stage="stage", hint=exc.hint
+            uri,
+            f"reading its access URL {exc.file}: {exc.message}",
+            stage="stage",
+            hint="run again (a fresh access URL is resolved each time); if it keeps failing, "
+            "ask the DRS server's operators",
         ) from None
 
 
@@ -492,7 +498,10 @@ class _Capped(io.RawIOBase):
         return self._size
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self._body.read(min(len(buffer), self._size + 1 - self._delivered) or 1)
+        if not len(buffer):
+            return 0
+        # delivered <= size here (more raised below), so at least one byte is asked for.
+        data = self._body.read(min(len(buffer), self._size + 1 - self._delivered))
         self._delivered += len(data)
         if self._delivered > self._size:
             raise _problem(
