@@ -31,6 +31,7 @@ BUILT_ON_A = ["enhancers.bed", "sample3.bam", "trio.vcf"]
 PUSHED_BY_B = "barley_regions.bed"  # registered on A, built by B, pushed to A
 FORGED = "sample1_H3K27ac_peaks.narrowPeak"  # registered on A, target of hand-made pushes
 REFUSED = "sample1_H3K27me3_peaks.broadPeak"  # registered on A, pushed with a read token
+CHUNKED = "genes.gff3"  # registered on A, target of a push larger than one request body
 UNREGISTERED = "genes.gtf"  # never registered on A
 
 
@@ -69,7 +70,7 @@ def node_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         home, "run", str(_manifest(folder / "a.tsv", BUILT_ON_A, reachable=True)), env=env
     )
     assert built.returncode == 0, built.stdout + built.stderr
-    others = _manifest(folder / "more.tsv", [PUSHED_BY_B, FORGED, REFUSED], reachable=True)
+    others = _manifest(folder / "more.tsv", [PUSHED_BY_B, FORGED, REFUSED, CHUNKED], reachable=True)
     registered = run_cli(home, "register", str(others), env=env)
     assert registered.returncode == 0, registered.stdout + registered.stderr
     tokens = folder / "tokens"
@@ -159,6 +160,7 @@ def test_b_obtains_every_artifact_from_a_over_http_with_no_rebuild_and_pushes_wh
         assert answer.status_code == 200 and answer.content[:4] == b"\x1f\x8b\x08\x04"
     _assert_no_token(pull_output + push_output + log_b.read_text() + node_a["log"].read_text())
     _assert_no_token("".join(path.read_text() for path in home_b.rglob("*.json")))
+    _assert_no_token((home_b / "registry.db").read_bytes().decode("latin-1"))
 
 
 def _push(base: str, token: str | None, key: ArtifactKey, files: dict[str, bytes], marker: bytes):
@@ -241,7 +243,9 @@ def test_a_forged_marker_or_a_file_that_does_not_match_is_refused_and_leaves_not
     answer = _push(node_a["base"], PUBLISH_TOKEN, key, files, _marker_for(key, files))
     assert answer.status_code == 201  # the same push, honest, is taken
     assert _registry_rows(node_a["home"], key) == 1
-    _assert_no_token(node_a["log"].read_text())
+    log = node_a["log"].read_text()
+    assert f"POST /peer/v1/commit/{'ab' * 16}/{key.relstr}" in log  # pushes are logged...
+    _assert_no_token(log)  # ...without their tokens
 
 
 def test_only_a_publish_token_may_push(node_a: dict, tmp_path: Path) -> None:
@@ -261,6 +265,7 @@ def test_only_a_publish_token_may_push(node_a: dict, tmp_path: Path) -> None:
         _peer_env(node_a["base"], READ_TOKEN),
     )
     assert rows[0]["error"] is not None and "403" in rows[0]["error"], output
+    assert "publish scope" in rows[0]["error"] and "could not be removed" not in rows[0]["error"]
     assert _debris(node_a["home"], key.md5) == []
     assert _registry_rows(node_a["home"], key) == 0
     _assert_no_token(output + node_a["log"].read_text())
@@ -296,3 +301,27 @@ def test_a_tokens_file_line_may_name_scopes_and_a_bare_token_still_reads(tmp_pat
     with pytest.raises(GenoflowError, match="line 1: unknown scope 'write'") as refused:
         Tokens(path)
     assert PUBLISH_TOKEN not in str(refused.value)
+
+
+def test_a_file_larger_than_one_request_body_is_pushed_in_chunks_and_pulled_back_verified(
+    node_a: dict, tmp_path: Path
+) -> None:
+    from genoflow.storage.marker import MARKER
+    from genoflow.storage.peer import CHUNK, peer_locations
+    from genoflow.storage.transfer import stage
+
+    key = _key(CHUNKED, "source")
+    body = bytes(range(256)) * ((CHUNK * 5 // 2) // 256) + b"tail"
+    (tmp_path / "big").write_bytes(body)
+    (tmp_path / MARKER).write_bytes(_marker_for(key, {"data.gff3": body}))
+    (peer,) = peer_locations([node_a["base"]], token=PUBLISH_TOKEN)
+    sent = peer.put(tmp_path / "big", f"{key.relstr}/data.gff3")
+    assert (sent.size, sent.md5) == (len(body), md5_file_bytes(body))
+    peer.put(tmp_path / MARKER, f"{key.relstr}/{MARKER}", if_absent=True)
+    assert _registry_rows(node_a["home"], key) == 1
+
+    (reader,) = peer_locations([node_a["base"]], token=READ_TOKEN)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    staged = stage(reader, key.relstr, scratch, expected=None)
+    assert staged.files["data.gff3"].read_bytes() == body

@@ -135,7 +135,7 @@ class PeerLocation(Location):
         folder, name = pure.parent.as_posix(), pure.name
         if name == MARKER:
             return self._commit(Path(src), folder)
-        draft = self._drafts.setdefault(folder, secrets.token_hex(16))
+        draft = self._drafts.get(folder) or secrets.token_hex(16)
         return self._upload(Path(src), folder, name, draft)
 
     def delete(self, path: str) -> None:
@@ -171,6 +171,7 @@ class PeerLocation(Location):
                 headers = {"Content-Range": span, "Content-Type": "application/octet-stream"}
                 with self._send("PUT", url, "upload", data=chunk, headers=headers) as response:
                     self._check(response, url, "upload", stage="transfer")
+                    self._drafts[folder] = draft  # the peer holds it now: delete() abandons it
                     answer = response.json() if end + 1 >= total else None
                 offset = end + 1
                 if answer is not None:
