@@ -12,13 +12,19 @@ import hashlib
 import json
 import random
 import subprocess
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from genoflow.core.errors import DrsError
 from genoflow.manifests import c2m2
+from genoflow.storage.drs import drs_object
+from genoflow.storage.http_policy import HttpPolicy
 from genoflow_tests.conftest import require_tool, run_cli
 from genoflow_tests.support.serve import serving
 
@@ -268,3 +274,171 @@ def test_b_outputs_answer_region_queries_like_a_under_samtools_and_tabix(
 
     assert reads(c2m2_b.home) == reads(node_a.home) != ""
     assert calls(c2m2_b.home) == calls(node_a.home) != ""
+
+
+@pytest.fixture(scope="module")
+def with_token(guarded: Served, tmp_path_factory: pytest.TempPathFactory) -> NodeB:
+    """B, holding A's token for A's host and port, runs A's DRS id of the BED."""
+    folder = tmp_path_factory.mktemp("node-b-token")
+    table = _manifest(folder / "from_a.tsv", [("peaks.bed", guarded.drs("peaks.bed"), "")])
+    return _run_b(folder, guarded, table, {"GENOFLOW_DRS_TOKENS": f"{guarded.authority}={TOKEN}"})
+
+
+@pytest.fixture(scope="module")
+def without_token(guarded: Served, tmp_path_factory: pytest.TempPathFactory) -> NodeB:
+    """B, holding no token, runs A's DRS id of the BED beside a local file of its own."""
+    folder = tmp_path_factory.mktemp("node-b-no-token")
+    local = folder / "own.bed"
+    local.write_text(_bed(random.Random(7), 50))
+    rows = [("peaks.bed", guarded.drs("peaks.bed"), ""), ("own.bed", str(local), _md5(local))]
+    return _run_b(folder, guarded, _manifest(folder / "from_a.tsv", rows))
+
+
+def test_with_a_tokens_on_b_builds_with_its_token(with_token, node_a) -> None:
+    assert with_token.result.returncode == 0, with_token.output
+    record = with_token.records()["peaks.bed"]
+    assert set(record["assets"].values()) == {"built"}, record
+    md5 = node_a.md5("peaks.bed")
+    assert _outputs(with_token.home, md5) == _outputs(node_a.home, md5)
+
+
+def test_without_a_token_the_row_is_an_error_saying_401_and_what_to_set(
+    without_token, guarded
+) -> None:
+    assert without_token.result.returncode != 0
+    lines = [line for line in without_token.output.splitlines() if guarded.drs("peaks.bed") in line]
+    assert lines, without_token.output
+    assert "HTTP 401" in "\n".join(lines), without_token.output
+    assert "GENOFLOW_DRS_TOKENS" in "\n".join(lines), without_token.output
+
+
+def test_without_a_token_the_other_rows_still_build(without_token) -> None:
+    records = without_token.records()
+    assert "peaks.bed" not in records  # a row error, never a half-built source
+    assert set(records["own.bed"]["assets"].values()) == {"built"}, records["own.bed"]
+
+
+def test_the_token_appears_in_no_output_log_or_stored_file(
+    with_token, without_token, guarded
+) -> None:
+    for b in (with_token, without_token):
+        assert TOKEN not in b.output
+        for path in b.home.rglob("*"):
+            assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
+    assert TOKEN not in guarded.log.read_text()
+    for path in guarded.node.home.rglob("*"):
+        assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
+
+
+@pytest.fixture(scope="module")
+def unbuilt_b(served: Served, tmp_path_factory: pytest.TempPathFactory) -> NodeB:
+    """B runs A's DRS id of a source A has registered but never built."""
+    folder = tmp_path_factory.mktemp("node-b-unbuilt")
+    table = _manifest(folder / "from_a.tsv", [("later.bed", served.drs("later.bed"), "")])
+    return _run_b(folder, served, table)
+
+
+def test_b_waits_through_a_202_while_a_builds_a_registered_source(unbuilt_b, node_a) -> None:
+    assert unbuilt_b.result.returncode == 0, unbuilt_b.output
+    record = unbuilt_b.records()["later.bed"]
+    assert set(record["assets"].values()) == {"built"}, record
+    md5 = node_a.md5("later.bed")
+    assert _outputs(unbuilt_b.home, md5) == _outputs(node_a.home, md5)
+
+
+class SlowDrs:
+    """A DRS server on loopback whose one object answers ``status`` with ``Retry-After`` until
+    ``ready_after`` seconds have passed since its first request (None: never), then the
+    object; it records when each object request came."""
+
+    def __init__(self, status: int, retry_after: int, ready_after: float | None) -> None:
+        self.status, self.retry_after, self.ready_after = status, retry_after, ready_after
+        self.asked: list[float] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def authority(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def _ready(self) -> bool:
+        waited = time.monotonic() - self.asked[0]
+        return self.ready_after is not None and waited >= self.ready_after
+
+    def _answer(self, handler: BaseHTTPRequestHandler) -> None:
+        self.asked.append(time.monotonic())
+        if self._ready():
+            url = f"http://{self.authority}/bytes"
+            body = {"id": "slow", "size": 3, "checksums": [{"type": "md5", "checksum": "0" * 32}],
+                    "access_methods": [{"type": "https", "access_url": {"url": url}}]}  # fmt: skip
+            status, headers = 200, {}
+        else:
+            body = {"msg": "not ready", "status_code": self.status}
+            status, headers = self.status, {"Retry-After": str(self.retry_after)}
+        data = json.dumps(body).encode()
+        handler.send_response(status)
+        for name, value in {**headers, "Content-Type": "application/json"}.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        slow = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                slow._answer(self)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        return Handler
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.asked, self.asked[1:], strict=False)]
+
+
+@pytest.fixture
+def slow_drs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., SlowDrs]]:
+    started: list[SlowDrs] = []
+
+    def start(status: int, retry_after: int, ready_after: float | None) -> SlowDrs:
+        server = SlowDrs(status, retry_after, ready_after)
+        started.append(server)
+        monkeypatch.setenv("GENOFLOW_DRS_INSECURE_HOSTS", server.authority)
+        return server
+
+    yield start
+    for server in started:
+        server.server.shutdown()
+        server.server.server_close()
+
+
+def test_a_202_is_asked_again_after_its_retry_after_until_the_object_is_ready(slow_drs) -> None:
+    # Ready after 9 s: longer than five back-offs of 0.5 to 4 s, the old give-up point.
+    server = slow_drs(202, 2, ready_after=9)
+    found = drs_object(f"drs://{server.authority}/slow", stage="stage")
+    assert found.size == 3
+    assert len(server.asked) >= 5
+    assert all(gap >= 1.95 for gap in server.gaps()), server.gaps()
+
+
+def test_a_202_past_the_policys_time_is_an_error_saying_the_object_is_still_being_prepared(
+    slow_drs,
+) -> None:
+    server = slow_drs(202, 1, ready_after=None)
+    uri = f"drs://{server.authority}/slow"
+    with pytest.raises(DrsError) as raised:
+        drs_object(uri, policy=HttpPolicy(max_seconds=3), stage="stage")
+    assert raised.value.file == uri
+    assert "still preparing the object (HTTP 202" in raised.value.message
+    assert "run again" in str(raised.value)
+    assert 2 <= len(server.asked) <= 4
+
+
+def test_a_503_with_retry_after_is_asked_again_no_sooner_than_it_says(slow_drs) -> None:
+    server = slow_drs(503, 2, ready_after=0.1)
+    assert drs_object(f"drs://{server.authority}/slow", stage="stage").size == 3
+    assert len(server.asked) == 2
+    assert server.gaps()[0] >= 1.95, server.gaps()

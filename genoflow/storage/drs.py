@@ -20,6 +20,8 @@ Invariants:
   more, or ending short of it, is a :class:`~genoflow.core.errors.SourceError` naming the id.
 - A DRS answer is at most :data:`MAX_JSON` bytes of JSON; redirects stay on the same host
   and a loop is refused.
+- A ``202`` (the object is being prepared, e.g. a genoflow server building it) is no failure:
+  it is asked again after its ``Retry-After``, for at most the policy's ``max_seconds``.
 """
 
 from __future__ import annotations
@@ -212,6 +214,16 @@ def _session(headers: Mapping[str, str]) -> Iterator[requests.Session]:
         yield session
 
 
+@dataclass(frozen=True)
+class _Again:
+    """A JSON request worth repeating: why, the server's ``Retry-After`` (seconds) if it gave
+    one, and whether it was DRS's ``202`` ("not ready yet": no failure, only a wait)."""
+
+    failure: str
+    retry_after: float | None = None
+    pending: bool = False
+
+
 def _get_json(
     session: requests.Session,
     url: str,
@@ -221,20 +233,40 @@ def _get_json(
     stage: str,
     what: str,
 ) -> dict[str, Any]:
-    """GET ``url`` as a JSON object, retrying what is transient within ``policy``'s bounds."""
-    started = time.monotonic()
-    for attempt in range(1, policy.attempts + 1):
+    """GET ``url`` as a JSON object, retrying what is transient within ``policy``'s bounds.
+
+    A failure uses up one of ``policy.attempts`` and waits the jittered back-off, never less
+    than the server's ``Retry-After``; a ``202`` uses up none and waits its ``Retry-After``
+    (at least ``policy.backoff``). Both wait at most ``policy.max_backoff`` at a time and
+    ``policy.max_seconds`` in all.
+    """
+    started, failures = time.monotonic(), 0
+    while True:
         outcome = _json_attempt(session, url, target, policy, stage=stage, what=what)
-        if not isinstance(outcome, str):
+        if not isinstance(outcome, _Again):
             return outcome
-        delay = min(policy.backoff * 2 ** (attempt - 1), policy.max_backoff)
-        delay *= random.uniform(0.5, 1.0)
-        if attempt == policy.attempts or time.monotonic() - started + delay > policy.max_seconds:
+        if outcome.pending:
+            delay = max(outcome.retry_after or 0.0, policy.backoff)
+        else:
+            failures += 1
+            delay = min(policy.backoff * 2 ** (failures - 1), policy.max_backoff)
+            delay = max(delay * random.uniform(0.5, 1.0), outcome.retry_after or 0.0)
+        delay = min(delay, policy.max_backoff)
+        waited = time.monotonic() - started
+        if failures >= policy.attempts or waited + delay > policy.max_seconds:
             break
         time.sleep(delay)
+    if outcome.pending:
+        raise _problem(
+            target.uri,
+            f"{what}: the DRS server is still preparing the object ({outcome.failure} "
+            f"for {waited:.0f} s, the longest genoflow waits)",
+            stage=stage,
+            hint="the server is building it: run again once it is ready",
+        )
     raise _problem(
         target.uri,
-        f"{what}: the DRS server kept failing ({outcome}; {attempt} attempts)",
+        f"{what}: the DRS server kept failing ({outcome.failure}; {failures} attempts)",
         stage=stage,
         hint="the DRS server is unavailable: try again later",
     )
@@ -248,8 +280,8 @@ def _json_attempt(
     *,
     stage: str,
     what: str,
-) -> dict[str, Any] | str:
-    """The JSON object at ``url``, or a transient failure's description; raise a permanent one."""
+) -> dict[str, Any] | _Again:
+    """The JSON object at ``url``, or why to ask again; raise a permanent failure."""
     seen = {url}
     timeout = (policy.connect_timeout, policy.read_timeout)
     for _ in range(policy.max_redirects + 1):
@@ -258,7 +290,7 @@ def _json_attempt(
         except LIBRARY_ERRORS as exc:
             failure = describe(exc)  # never the exception's text: it holds the URL
             if is_transient(exc):
-                return failure
+                return _Again(failure)
             raise _problem(
                 target.uri,
                 f"{what}: {failure}",
@@ -323,14 +355,20 @@ _STATUS_HINTS = {
 }
 
 
+def _retry_after(response: requests.Response) -> float | None:
+    """The ``Retry-After`` seconds of an answer, None when absent or not a number of seconds."""
+    value = response.headers.get("Retry-After", "").strip()
+    return float(value) if value.isdigit() else None
+
+
 def _answer(
     response: requests.Response, target: DrsTarget, *, stage: str, what: str
-) -> dict[str, Any] | str:
-    """A 200's JSON object, a transient status's description (202 included: DRS's "not yet
+) -> dict[str, Any] | _Again:
+    """A 200's JSON object, why to ask again (a transient status, or 202: DRS's "not yet
     ready"), or raise for any other status, oversize or malformed JSON."""
     status = response.status_code
     if status == 202 or is_transient(status):
-        return f"HTTP {status}"
+        return _Again(f"HTTP {status}", _retry_after(response), pending=status == 202)
     if status != 200:
         message, hint = _STATUS_HINTS.get(
             status, (f"the DRS server answered HTTP {status}", "check the id and the server")
@@ -339,7 +377,7 @@ def _answer(
     try:
         raw = response.raw.read(MAX_JSON + 1, decode_content=True)
     except LIBRARY_ERRORS as exc:
-        return describe(exc)
+        return _Again(describe(exc))
     if len(raw) > MAX_JSON:
         raise _problem(
             target.uri,
