@@ -79,6 +79,15 @@ drs-compliance: $(VENV)/.installed $(DRS_VENV)/.installed
 	$(BIN)/python scripts/drs_compliance.py --suite-python $(DRS_VENV)/bin/python \
 	    --out build/drs-compliance
 
+# Two nodes chained by DRS (README): node A builds the demo manifest into
+# $(GENOFLOW_HOME) as `make demo` does and serves it; data/c2m2/file.tsv, its rows' persistent_id
+# set to A's drs://127.0.0.1:PORT/{md5} (access_url emptied), is run by node B into a fresh home
+# under build/drs-demo/; B's files are compared with A's; the server is stopped. Fails when a row
+# failed or a file differs.
+.PHONY: drs-demo
+drs-demo: $(VENV)/.installed
+	$(BIN)/python scripts/drs_demo.py
+
 # The race-prone tests 50 times each under a parallel fsync-heavy writer; a table of failures.
 stress-races: $(VENV)/.installed-dev
 	$(BIN)/python scripts/stress_races.py
