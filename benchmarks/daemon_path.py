@@ -122,14 +122,18 @@ def built_assets(env: dict[str, str]) -> set[tuple[str, str]]:
     }
 
 
-def daemon_side(root: Path, manifest: Path, inputs: Path, want: set, timeout: float) -> dict:
-    """Drop ``manifest`` into the folder a running daemon watches; seconds until ``want``."""
+def daemon_side(
+    root: Path, manifest: Path, inputs: Path, want: set, timeout: float, jobs: int
+) -> dict:
+    """Drop ``manifest`` into the folder a running daemon watches; seconds until ``want``.
+    The daemon keeps ``jobs`` runs in flight (GENOFLOW_DAEMON_RUNS), as ``run --jobs``."""
     from genoflow.core.settings import Settings
     from genoflow.instance.home import ensure_dagster_home
 
     watched = fresh(root) / "manifests"
     watched.mkdir()
-    env = environment(root, inputs, GENOFLOW_MANIFESTS=str(watched), GENOFLOW_SENSOR_INTERVAL="1")
+    env = environment(root, inputs, GENOFLOW_MANIFESTS=str(watched), GENOFLOW_SENSOR_INTERVAL="1",
+                      GENOFLOW_DAEMON_RUNS=str(jobs))  # fmt: skip
     settings = Settings.from_env(env)
     env["DAGSTER_HOME"] = str(ensure_dagster_home(settings))
     log = root / "dagster-daemon.log"
@@ -222,7 +226,8 @@ def daemon_path(args: argparse.Namespace) -> list[str]:
             runs.append(run_side(WORK / "run", manifest, inputs, args.jobs, args.timeout))
             print(f"{label} run #{repeat}: {runs[-1]['wall']:.1f} s", flush=True)
             want = runs[0]["assets"]
-            daemons.append(daemon_side(WORK / "daemon", manifest, inputs, want, args.timeout))
+            daemon = daemon_side(WORK / "daemon", manifest, inputs, want, args.timeout, args.jobs)
+            daemons.append(daemon)
             print(f"{label} daemon #{repeat}: {json.dumps(daemons[-1])}", flush=True)
         run_wall = statistics.median(r["wall"] for r in runs)
         daemon_wall = statistics.median(d["wall"] for d in daemons)
