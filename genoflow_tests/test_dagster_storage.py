@@ -245,7 +245,7 @@ def test_a_new_database_is_created_unflushed_and_only_then(tmp_path: Path) -> No
     connection, and one made after the creation, flushes as SQLite's default says."""
     from sqlalchemy import create_engine, text
 
-    from genoflow.instance.storage import creating
+    from genoflow.instance.storage import _engine, creating
 
     def synchronous(path: Path) -> int:
         engine = create_engine(f"sqlite:///{path}")
@@ -256,7 +256,36 @@ def test_a_new_database_is_created_unflushed_and_only_then(tmp_path: Path) -> No
 
     with creating(str(tmp_path), "new.db"):
         assert synchronous(tmp_path / "new.db") == 0  # OFF while it is created
+        # ... but never on the pooled engines that serve the storages afterwards
+        pooled = _engine(f"sqlite:///{tmp_path / 'new.db'}", timeout=5.0)
+        with pooled.connect() as conn:
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+        pooled.dispose()
     assert (tmp_path / "new.db").is_file()
     assert synchronous(tmp_path / "new.db") == 2  # FULL, SQLite's default, after
     with creating(str(tmp_path), "new.db"):  # it exists now: opened as any other
         assert synchronous(tmp_path / "new.db") == 2
+
+
+def test_a_status_written_by_another_process_is_read_at_once_on_a_fresh_home(
+    home: Path,
+) -> None:
+    """Every pooled connection of a process sees what another process committed, from the
+    first run of a new instance on (no connection keeps an old snapshot)."""
+    import subprocess
+    import sys
+
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    instance = DagsterInstance.get()
+    run = create_run_for_test(instance, job_name="x")
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.NOT_STARTED
+    child = (
+        "from dagster import DagsterInstance\n"
+        "i = DagsterInstance.get()\n"
+        f"i.report_run_failed(i.get_run_by_id({run.run_id!r}), 'stopped')\n"
+    )
+    subprocess.run([sys.executable, "-c", child], check=True, timeout=120)
+    for _ in range(4):  # both pooled connections, twice
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE

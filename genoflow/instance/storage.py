@@ -29,7 +29,6 @@ for the embedded instance.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -88,34 +87,23 @@ _CREATING = threading.local()
 def _unflushed_while_creating(dbapi_connection: Any, _record: Any) -> None:
     """Dagster creates a database with one statement per table and index, each its own
     transaction flushed to disk: ~100 flushes, seconds on a busy disk, before a fresh home's
-    first run. While a new database is created, its statements are not flushed one by one;
-    :func:`creating` flushes the finished file once."""
+    first run. While a new database is created (:func:`creating`), its statements are not
+    flushed one by one."""
     if getattr(_CREATING, "active", False) and isinstance(dbapi_connection, sqlite3.Connection):
         dbapi_connection.execute("PRAGMA synchronous=OFF")
-
-
-def _flush(path: str) -> None:
-    """fsync ``path`` (and its WAL, if any) and its folder; a missing file is skipped."""
-    for name in (path, f"{path}-wal"):
-        with contextlib.suppress(FileNotFoundError):
-            fd = os.open(name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager
 def creating(base_dir: str, database: str) -> Iterator[None]:
     """Hold ``{base_dir}/.{database}.lock`` while ``database`` there is checked and created.
 
-    A database that does not exist yet is created without a flush per statement and flushed
-    once when it is complete (a crash during creation leaves an unusable file either way).
+    A database that does not exist yet is created by Dagster's own engines without a flush per
+    statement (a crash during creation leaves an unusable file either way). Nothing here opens
+    the file itself: closing any descriptor of a SQLite file drops every POSIX lock the process
+    holds on it, which lets another process read a stale snapshot. The pooled engines that
+    serve the storages afterwards set ``synchronous=NORMAL`` on every connection they make
+    (:func:`_engine`, whose listener runs after this one), so no connection used after creation
+    runs unflushed; SQLite's first checkpoint writes the new file to disk.
 
     Args:
         base_dir: the storage's folder (created if missing).
@@ -150,8 +138,6 @@ def creating(base_dir: str, database: str) -> Iterator[None]:
     _CREATING.active = new
     try:
         yield
-        if new:
-            _flush(path)
     finally:
         _CREATING.active = False
         lock.release()
