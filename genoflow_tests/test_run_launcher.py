@@ -304,7 +304,9 @@ def test_the_run_queue_keeps_genoflow_daemon_runs_in_flight(
     monkeypatch.setenv("GENOFLOW_DAEMON_RUNS", "3")
     with DagsterInstance.from_config(str(ensure_dagster_home(_settings(home)))) as instance:
         assert instance.run_coordinator.get_run_queue_config().max_concurrent_runs == 3
-        assert instance.run_coordinator.dequeue_interval_seconds == 1
+        from genoflow.instance.launcher import DEQUEUE_SECONDS
+
+        assert instance.run_coordinator.dequeue_interval_seconds == DEQUEUE_SECONDS < 1
         assert instance.run_monitoring_enabled
     assert daemon_runs({}) == (os.cpu_count() or 1)
     with pytest.raises(ConfigError, match="GENOFLOW_DAEMON_RUNS=0"):

@@ -40,14 +40,13 @@ def dagster_storage_yaml(dagster_home: Path) -> str:
 
 # How the daemon runs what it launches (genoflow/instance/launcher.py): each run in a worker
 # forked from a pre-imported forkserver, not a new interpreter. The queue is Dagster's, polled
-# every second rather than every 5 (a pass costs a few indexed queries; a run forks in
-# milliseconds, so the poll was the wait), with GENOFLOW_DAEMON_RUNS runs in flight (the cores,
+# about every 0.5 s rather than every 5 (launcher.DEQUEUE_SECONDS), with GENOFLOW_DAEMON_RUNS
+# runs in flight (the cores,
 # not Dagster's 10, which on a small machine only made ten start-ups compete). Run monitoring
 # fails a run whose worker is gone (its launcher was killed); it polls every 5 s. A run may wait
 # NOT_STARTED in `genoflow serve`'s own build queue for long, so the start timeout is a day.
 _DAEMON = (
     "run_coordinator:\n  module: genoflow.instance.launcher\n  class: RunQueue\n"
-    "  config:\n    dequeue_interval_seconds: 1\n"
     "run_launcher:\n  module: genoflow.instance.launcher\n  class: ForkRunLauncher\n"
     "run_monitoring:\n  enabled: true\n  poll_interval_seconds: 5\n"
     "  start_timeout_seconds: 86400\n  max_resume_run_attempts: 0\n"

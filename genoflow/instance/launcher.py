@@ -41,7 +41,12 @@ from genoflow.core.settings import Settings, daemon_runs
 from genoflow.defs.tags import OWNER, WORKER
 
 # What the forkserver imports once, so that each worker forked from it starts with them loaded.
-PRELOAD = ["genoflow.definitions", "genoflow.instance.launcher", "dagster._cli.api"]
+PRELOAD = ["genoflow.instance.warm", "genoflow.instance.launcher", "dagster._cli.api"]
+# Seconds between passes of the run queue (``dagster.yaml`` can only give whole seconds; Dagster's
+# default is 5). Its daemon waits in steps of 0.5 s, so a pass comes about every 0.5 s. A pass is a
+# few indexed queries, and a forked run starts in milliseconds, so the poll was the wait: at 1 s,
+# two runs in flight waited ~0.5 s on average before each next pair started.
+DEQUEUE_SECONDS = 0.25
 # Seconds a terminated worker has to stop by itself before its process group is killed.
 STOP_GRACE = 10.0
 # The smallest sort memory share a run is given (as ``genoflow run --jobs`` gives its workers).
@@ -50,7 +55,8 @@ MIN_SORT_MEMORY = 1 << 26
 
 class RunQueue(QueuedRunCoordinator):
     """Dagster's run queue whose ``max_concurrent_runs``, when ``dagster.yaml`` leaves it out,
-    is ``GENOFLOW_DAEMON_RUNS`` (read when the instance is opened), not Dagster's 10."""
+    is ``GENOFLOW_DAEMON_RUNS`` (read when the instance is opened), not Dagster's 10, and which
+    is polled every :data:`DEQUEUE_SECONDS` unless it sets ``dequeue_interval_seconds``."""
 
     @classmethod
     def from_config_value(
@@ -60,6 +66,14 @@ class RunQueue(QueuedRunCoordinator):
         if config.get("max_concurrent_runs") is None:
             config["max_concurrent_runs"] = daemon_runs()
         return super().from_config_value(inst_data, config)
+
+    @property
+    def dequeue_interval_seconds(self) -> float:  # type: ignore[override]
+        """:data:`DEQUEUE_SECONDS`, unless ``dagster.yaml`` sets ``dequeue_interval_seconds``."""
+        configured = (self.inst_data.config_dict if self.inst_data else {}).get(
+            "dequeue_interval_seconds"
+        )
+        return DEQUEUE_SECONDS if configured is None else configured
 
 
 class ForkRunLauncher(RunLauncher, ConfigurableClass):
