@@ -572,12 +572,15 @@ class DrsSettings:
         prefixes: compact-identifier prefix → DRS server base URL, ``GENOFLOW_DRS_PREFIXES``
             (``prefix=https://host[:port][/path],...``); ``drs://prefix:accession`` is then
             resolved at ``{base}/ga4gh/drs/v1/objects/{accession}``.
+        concurrency: how many ``drs://`` ids one manifest read resolves at once,
+            ``GENOFLOW_DRS_CONCURRENCY`` (1 to 256, default 16).
     """
 
     token: str | None = field(default=None, repr=False)
     tokens: Mapping[str, str] = field(default_factory=dict, repr=False)
     insecure_hosts: frozenset[str] = frozenset()
     prefixes: Mapping[str, str] = field(default_factory=dict)
+    concurrency: int = 16
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DrsSettings:
@@ -605,6 +608,9 @@ class DrsSettings:
             tokens=tokens,
             insecure_hosts=frozenset(h.strip().lower() for h in insecure.split(",") if h.strip()),
             prefixes={prefix: base.rstrip("/") for prefix, base in prefixes.items()},
+            concurrency=int(
+                _seconds(env, "GENOFLOW_DRS_CONCURRENCY", 16, low=1, high=256, whole=True)
+            ),
         )
 
     def token_for(self, host: str, port: int | None) -> str | None:

@@ -22,6 +22,7 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genoflow.core.errors import GenoflowError, ManifestError
 from genoflow.core.formats import FAMILY, FORMATS, Family, format_from_name, normalize_format
@@ -35,6 +36,9 @@ from genoflow.manifests.uris import (
     unsafe_character,
     uri_basename,
 )
+
+if TYPE_CHECKING:
+    from genoflow.storage.drs import DrsObject
 
 __all__ = [
     "REQUIRED",
@@ -158,12 +162,39 @@ def validate_records(
     """Each record of the manifest ``path`` as a row or an error (nothing across rows);
     relative uris resolve against ``base``, else the manifest's folder."""
     folder = base or Path(os.path.abspath(path)).parent
+    records = list(records)
+    drs = _resolve_drs_ids(records)
     rows: list[ManifestRow] = []
     errors: list[RowError] = []
     for line, fields in records:
-        outcome = validate_record(fields, manifest=path, line=line, base=folder, lookup=md5_lookup)
+        outcome = validate_record(
+            fields, manifest=path, line=line, base=folder, lookup=md5_lookup, drs=drs
+        )
         (rows if isinstance(outcome, ManifestRow) else errors).append(outcome)
     return rows, errors
+
+
+DrsAnswers = Mapping[str, "DrsObject | GenoflowError"]
+"""``drs://`` id → the DRS object it resolved to, or the error resolving it ended in."""
+
+
+def _resolve_drs_ids(records: list[Record]) -> DrsAnswers:
+    """Every distinct ``drs://`` id the records name, resolved concurrently
+    (``GENOFLOW_DRS_CONCURRENCY`` at a time); an id's failure is kept as its answer."""
+    ids = [
+        uri
+        for _line, fields in records
+        if not isinstance(fields, str)
+        and (uri := fields.get("uri", "").strip()).lower().startswith("drs://")
+    ]
+    if not ids:
+        return {}
+    from genoflow.storage.drs import resolve_objects
+
+    try:
+        return resolve_objects(ids)
+    except ConfigError as exc:  # every DRS row says so; the other rows still flow
+        return dict.fromkeys(ids, exc)
 
 
 def read_manifests(
@@ -288,15 +319,21 @@ def _lookup_md5(uri: str, lookup: Md5Lookup | None) -> tuple[str, str | None]:
     return found.lower(), None
 
 
-def _drs_facts(uri: str, md5: str, size: str) -> tuple[str, str, str | None]:
-    """A ``drs://`` row's md5 and size: the DRS object's fill what the row leaves empty and
-    must equal what it gives. Returns (md5, size, problem)."""
-    from genoflow.storage.drs import drs_object
+def _drs_facts(
+    uri: str, md5: str, size: str, answers: DrsAnswers | None
+) -> tuple[str, str, str | None]:
+    """A ``drs://`` row's md5 and size: the DRS object's (from ``answers``, else asked now)
+    fill what the row leaves empty and must equal what it gives. Returns (md5, size, problem)."""
+    found = (answers or {}).get(uri)
+    if found is None:
+        from genoflow.storage.drs import drs_object
 
-    try:
-        found = drs_object(uri)
-    except GenoflowError as exc:
-        return md5, size, str(exc)
+        try:
+            found = drs_object(uri)
+        except GenoflowError as exc:
+            found = exc
+    if isinstance(found, GenoflowError):
+        return md5, size, str(found)
     fix = "check which is right, then fix the manifest (or leave the column empty)"
     if md5 and found.md5 and _MD5.fullmatch(md5) and md5 != found.md5:
         problem = f"md5 {md5} disagrees with the DRS object's md5 checksum {found.md5}"
@@ -316,9 +353,11 @@ def validate_record(
     line: int,
     base: Path | str,
     lookup: Md5Lookup | None = None,
+    drs: DrsAnswers | None = None,
 ) -> ManifestRow | RowError:
     """One manifest record (its fields, or the reason it could not be split) as a row or an
-    error at ``manifest:line``; ``base`` resolves relative uris."""
+    error at ``manifest:line``; ``base`` resolves relative uris, and a ``drs://`` id is looked
+    up in ``drs`` (resolved now when it is not there)."""
     if isinstance(fields, str):
         return RowError(manifest, line, fields)
     values = {column: value.strip() for column, value in fields.items()}
@@ -326,7 +365,7 @@ def validate_record(
     resolved, uri_problem = _resolve(uri, base) if uri else ("", None)
     drs_problem = None  # when set, the md5 is not "missing": the DRS could not be asked
     if resolved.startswith("drs://") and not uri_problem:
-        md5, values["size"], drs_problem = _drs_facts(resolved, md5, values.get("size", ""))
+        md5, values["size"], drs_problem = _drs_facts(resolved, md5, values.get("size", ""), drs)
     elif not md5 and resolved and not uri_problem:
         md5, uri_problem = _lookup_md5(resolved, lookup)
     # With neither name nor uri, "missing required fields" already says enough.

@@ -22,6 +22,9 @@ Invariants:
   and a loop is refused.
 - A ``202`` (the object is being prepared, e.g. a genoflow server building it) is no failure:
   it is asked again after its ``Retry-After``, for at most the policy's ``max_seconds``.
+- :func:`resolve_objects` asks for many ids at once (``GENOFLOW_DRS_CONCURRENCY`` at a time),
+  each id once, with the same token rules as :func:`drs_object`; one id's failure is that id's
+  answer and never stops the others.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from __future__ import annotations
 import io
 import json
 import random
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -38,7 +43,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import requests
 
-from genoflow.core.errors import DrsError, SourceError, redact
+from genoflow.core.errors import DrsError, GenoflowError, SourceError, redact
 from genoflow.core.settings import DrsSettings
 from genoflow.storage.http_policy import (
     LIBRARY_ERRORS,
@@ -50,7 +55,15 @@ from genoflow.storage.http_policy import (
 from genoflow.storage.https import open_https
 from genoflow.storage.staging import known_size
 
-__all__ = ["MAX_JSON", "DrsObject", "DrsTarget", "drs_object", "open_drs", "parse_drs_uri"]
+__all__ = [
+    "MAX_JSON",
+    "DrsObject",
+    "DrsTarget",
+    "drs_object",
+    "open_drs",
+    "parse_drs_uri",
+    "resolve_objects",
+]
 
 MAX_JSON = 1 << 20
 """The largest DRS JSON answer read (1 MiB); a bigger one is refused, not parsed."""
@@ -174,6 +187,84 @@ def drs_object(uri: str, *, policy: HttpPolicy | None = None, stage: str = "mani
     target = parse_drs_uri(uri, settings, stage=stage)
     with _session(_auth(target, settings)) as session:
         return _fetch_object(session, target, policy or HttpPolicy(), stage=stage)
+
+
+def resolve_objects(
+    uris: Iterable[str],
+    *,
+    policy: HttpPolicy | None = None,
+    stage: str = "manifest",
+    settings: DrsSettings | None = None,
+) -> dict[str, DrsObject | GenoflowError]:
+    """Resolve many ``drs://`` ids at once, each distinct id once, as :func:`drs_object` does.
+
+    At most ``settings.concurrency`` (``GENOFLOW_DRS_CONCURRENCY``) requests are in flight;
+    each worker thread keeps one :class:`requests.Session` per DRS server (connections are
+    reused, a token goes only to the server it is configured for).
+
+    Returns:
+        Each distinct id → its object, or the error that id alone ends in (malformed, not
+        found, refused…), in the order first given.
+
+    Raises:
+        ConfigError: a ``GENOFLOW_DRS_*`` variable holds an unusable value (read only when
+            ``settings`` is not given).
+    """
+    distinct = list(dict.fromkeys(uris))
+    if not distinct:
+        return {}
+    settings = settings or DrsSettings.from_env()
+    sessions = _ThreadSessions(settings)
+    policy = policy or HttpPolicy()
+
+    def one(uri: str) -> DrsObject | GenoflowError:
+        try:
+            target = parse_drs_uri(uri, settings, stage=stage)
+            return _fetch_object(sessions.get(target), target, policy, stage=stage)
+        except GenoflowError as exc:  # this id's answer; the others go on
+            return exc
+
+    workers = min(settings.concurrency, len(distinct))
+    try:
+        if workers == 1:
+            return {uri: one(uri) for uri in distinct}
+        with ThreadPoolExecutor(workers, thread_name_prefix="genoflow-drs") as pool:
+            return dict(zip(distinct, pool.map(one, distinct), strict=True))
+    finally:
+        sessions.close()
+
+
+class _ThreadSessions:
+    """One :class:`requests.Session` per (thread, DRS server origin), closed all together.
+
+    A session is not documented as thread-safe, so threads never share one; keying by origin
+    keeps each session's headers (its server's token) for that server alone.
+    """
+
+    def __init__(self, settings: DrsSettings) -> None:
+        self._settings = settings
+        self._local = threading.local()
+        self._all: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    def get(self, target: DrsTarget) -> requests.Session:
+        mine: dict[str, requests.Session] = self._local.__dict__.setdefault("sessions", {})
+        parts = urlsplit(target.base)
+        origin = f"{parts.scheme}://{parts.netloc}".lower()
+        if origin not in mine:
+            session = requests.Session()
+            session.headers.update(_auth(target, self._settings))
+            session.headers["Accept"] = "application/json"
+            with self._lock:
+                self._all.append(session)
+            mine[origin] = session
+        return mine[origin]
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._all:
+                session.close()
+            self._all.clear()
 
 
 def _fetch_object(
