@@ -9,7 +9,9 @@ before, so it is logged again) is parsed and validated at its own line number. T
 what a full read gives, less the rows handled before — or the full read itself whenever lines
 cannot be told apart (no sidecar or an unreadable one, JSON, a quote character that could join
 lines, another header, rows in conflict: a name with two md5s, an md5 with two formats or two
-sizes). No Dagster here.
+sizes). A line is kept only when the row read from it is visibly on it: its md5 and its name —
+for a C2M2 file table, whose names (``id_namespace:local_id filename``) are composed, the
+``id_namespace``, ``local_id`` and ``filename`` they are composed of. No Dagster here.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genoflow.manifests.c2m2 import is_file_table
 from genoflow.manifests.reading import (
     Manifest,
     ManifestRow,
@@ -250,10 +253,32 @@ def _handled(
     if header is None:
         return None
     handled = dict(before)
+    named_by = _C2M2_NAMED_BY if _is_c2m2(lines[header]) else None
     for row in rows:
         line = lines[row.line - 1] if row.line <= len(lines) else ""
         # A row not found on its line (the file changed under the full read, or its md5 was
-        # looked up in a bucket) is left out, so it is read again on the next change.
-        if row.md5 in line.lower() and row.name in line:
+        # looked up in a bucket or a DRS server) is left out, so it is read again on the next
+        # change.
+        if row.md5 in line.lower() and _named_on(row, line, named_by):
             handled[line_hash(line)] = _key(row)
     return HandledLines(line_hash(lines[header]), folder, handled)
+
+
+_C2M2_NAMED_BY = ("id_namespace", "local_id", "filename")
+"""The C2M2 columns a C2M2 row's name is composed of (see :mod:`genoflow.manifests.c2m2`)."""
+
+
+def _is_c2m2(header: str) -> bool:
+    """Whether a header line is a C2M2 file table's (split on tabs and commas alike: a column
+    name holding the other delimiter is no C2M2 column, so it cannot make a table one)."""
+    columns = header.replace(",", "\t").split("\t")
+    return is_file_table([column.strip().lower() for column in columns])
+
+
+def _named_on(row: ManifestRow, line: str, named_by: Sequence[str] | None) -> bool:
+    """Whether ``line`` shows ``row``'s name, or, in a C2M2 table (``named_by``), every
+    column value the name is composed of."""
+    if named_by is None:
+        return row.name in line
+    values = [row.extra.get(column) for column in named_by]
+    return all(value is not None and value in line for value in values)
