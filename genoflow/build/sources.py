@@ -1,5 +1,6 @@
 """What staging a source means, the same for every family: pick the cheapest replica, verify its
-md5 and size, confirm its format by content, and name the kept copy after its format.
+md5 and size (and the sha256 its rows declare, if any), confirm its format by content, and name
+the kept copy after its format.
 
 Invariants: a signed URL's token is read back from its manifest only while staging and never
 written anywhere (the details record ``staged_from`` redacted); a BGZF source is kept only when
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from genoflow.core import formats
-from genoflow.core.errors import GenoflowError, SourceError, redact
+from genoflow.core.errors import ChecksumError, GenoflowError, SourceError, redact
 from genoflow.storage import staging
 from genoflow.storage.registry import SourceRow
 
@@ -40,6 +41,7 @@ def stage_rows(
     """
     first = rows[0]
     size = next((row.size for row in rows if row.size is not None), None)
+    sha256 = declared_sha256(rows, md5=md5)
     staged, uri = staging.stage(
         replica_order(full_uri(row) for row in rows),
         folder / "staged",
@@ -47,6 +49,7 @@ def stage_rows(
         size=size,
         name=first.name,
         roots=roots,
+        sha256=sha256,
     )
     fmt = formats.detect(staged, name=first.name, declared=first.format)
     sniffed = formats.sniff(staged)
@@ -57,7 +60,32 @@ def stage_rows(
     details = _details(rows, final, fmt=fmt, container=sniffed.container, uri=uri)
     # staging.stage hashed the very bytes it wrote and refused them unless they hash to md5.
     details["observed"] = {"md5": {final.name: md5}, "size": details["size"]}
+    if sha256 is not None:  # the staged file's: verified on the bytes written, in the same pass
+        details["sha256"] = sha256
     return STAGE_PROCESSOR, details
+
+
+def declared_sha256(rows: Sequence[SourceRow], *, md5: str) -> str | None:
+    """The sha256 the rows declare (a ``sha256`` column, C2M2's or a plain manifest's), if any.
+
+    Raises:
+        ChecksumError: (stage ``stage``) rows of this md5 declare different sha256s, so the
+            bytes cannot match them all; nothing is read.
+    """
+    declared: dict[str, list[str]] = {}
+    for row in rows:
+        value = str(row.extra.get("sha256") or "").strip().lower()
+        if value:
+            declared.setdefault(value, []).append(f"{row.manifest}:{row.line}")
+    if len(declared) > 1:
+        listing = "; ".join(f"{value} at {', '.join(where)}" for value, where in declared.items())
+        raise ChecksumError(
+            f"the rows of md5 {md5} declare different sha256s ({listing}); nothing was read",
+            file=rows[0].name,
+            hint="keep the sha256 that is right (or empty the column) in every row of this "
+            "file, and run again",
+        )
+    return next(iter(declared), None)
 
 
 def _details(

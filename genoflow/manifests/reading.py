@@ -54,6 +54,7 @@ __all__ = [
 
 _KNOWN = frozenset((*REQUIRED, "format", "size"))
 _MD5 = re.compile(r"[0-9a-f]{32}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _INT = re.compile(r"-?[0-9]+")
 
 
@@ -346,6 +347,17 @@ def _drs_facts(
     return md5 or found.md5 or "", size or str(found.size), None
 
 
+def _sha256_problem(values: dict[str, str]) -> str | None:
+    """Lower-case a row's ``sha256`` (staging verifies it); why it is malformed, if it is."""
+    sha256 = values.get("sha256", "").lower()
+    if not sha256:
+        return None
+    values["sha256"] = sha256
+    if _SHA256.fullmatch(sha256):
+        return None
+    return f"malformed sha256 {_show(sha256)} (need 64 hex digits, or leave it empty)"
+
+
 def validate_record(
     fields: dict[str, str] | str,
     *,
@@ -379,6 +391,7 @@ def validate_record(
         f"malformed md5 {_show(values['md5'])} (need 32 hex digits)"
         if md5 and not _MD5.fullmatch(md5)
         else None,
+        _sha256_problem(values),
         uri_problem or drs_problem,
         format_problem,
         size_problem,

@@ -293,9 +293,9 @@ class Registry:
             # A manifest read again after a small edit repeats most of its rows: reading the
             # rows already there is several times cheaper than inserting them all again.
             manifests = sorted({value["manifest"] for value in values})
-            columns = [source_rows.c[name] for name in unique]
+            columns = [source_rows.c[name] for name in (*unique, "extra")]
             known = {
-                tuple(row)
+                tuple(row[:-1]): row[-1]
                 for start in range(0, len(manifests), 500)
                 for row in connection.execute(
                     sa.select(*columns).where(
@@ -304,6 +304,7 @@ class Registry:
                 )
             }
             fresh = [value for value in values if tuple(value[n] for n in unique) not in known]
+            _refresh_extra(connection, values, known)
             if not fresh:
                 return 0
             before = connection.execute(sa.select(sa.func.count()).select_from(source_rows))
@@ -370,6 +371,27 @@ def dialect_insert(dialect: str, table: sa.Table) -> Any:
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert(table)
+
+
+def _refresh_extra(
+    connection: Connection, values: list[dict[str, Any]], known: dict[tuple, str]
+) -> None:
+    """Give rows already registered the extra columns their manifest line now declares.
+
+    A line edited in place keeps its key (md5, name, uri, manifest), so without this a
+    corrected ``sha256`` column (which staging verifies) would never reach the build.
+    """
+    changed = [
+        {**{f"k_{n}": value[n] for n in ("md5", "name", "uri", "manifest")}, "v": value["extra"]}
+        for value in values
+        if known.get((value["md5"], value["name"], value["uri"], value["manifest"]))
+        not in (None, value["extra"])
+    ]
+    if changed:
+        where = [source_rows.c[n] == sa.bindparam(f"k_{n}") for n in ("md5", "name", "uri")]
+        where.append(source_rows.c.manifest == sa.bindparam("k_manifest"))
+        update = source_rows.update().where(*where).values(extra=sa.bindparam("v"))
+        connection.execute(update, changed)
 
 
 def _insert_ignore(engine: Engine) -> sa.Insert:

@@ -1,4 +1,5 @@
-"""Staging a source: copy the upstream bytes into a private folder and prove their md5.
+"""Staging a source: copy the upstream bytes into a private folder and prove their md5 (and
+their sha256, when one is declared), both hashed in the one pass that copies the bytes.
 
 Readers are chosen by URI scheme (:data:`READERS`), so remote schemes plug in beside the local
 one. A copy whose md5 or size is wrong is deleted at once and never used; the next replica is
@@ -131,8 +132,10 @@ def copy_verified(
     size: int | None,
     name: str,
     roots: Sequence[Path] | None = None,
+    sha256: str | None = None,
 ) -> Path:
-    """Copy one replica to ``dest`` while hashing it; delete the copy unless md5 and size match.
+    """Copy one replica to ``dest`` while hashing it; delete the copy unless md5 and size match,
+    and sha256 too when one is given (hashed in the same pass, never by reading the copy again).
 
     Before a byte is copied, the replica's size as known without reading it (``fstat`` of a
     local file, a remote reader's announced length) is compared with ``size``, and the free
@@ -141,10 +144,11 @@ def copy_verified(
 
     Raises:
         SourceError: the replica cannot be read, or is not a regular file.
-        ChecksumError: the replica's size or md5 is not ``size`` or ``md5``.
+        ChecksumError: the replica's size, md5 or sha256 is not ``size``, ``md5`` or
+            ``sha256``.
         StorageError: the disk under ``dest`` has no room for the copy.
     """
-    digest = hashlib.md5()
+    digests = [hashlib.md5()] if sha256 is None else [hashlib.md5(), hashlib.sha256()]
     written = 0
     expected: int | None = None
     try:
@@ -153,7 +157,8 @@ def copy_verified(
             expected = _precheck(source, uri, dest, size=size, name=name)
             with open(dest, "wb") as out:
                 for chunk in _chunks(source, None if expected is None else expected + 1):
-                    digest.update(chunk)
+                    for each in digests:
+                        each.update(chunk)
                     out.write(chunk)
                     written += len(chunk)
                 out.flush()
@@ -168,20 +173,44 @@ def copy_verified(
                 hint=_FREE_SPACE_HINT,
             ) from exc
         raise
-    problem = None
-    if expected is not None and written > expected:
-        said = "the manifest says" if size is not None else "it had when opened"
-        problem = f"it grew past {expected} bytes (the size {said}) while being read"
-    elif size is not None and written != size:
-        problem = f"size is {written} bytes, the manifest says {size}"
-    elif digest.hexdigest() != md5:
-        problem = f"md5 is {digest.hexdigest()}, the manifest says {md5}"
+    seen = [each.hexdigest() for each in digests]
+    problem, hint = _mismatch(written, expected, size=size, md5=md5, sha256=sha256, seen=seen)
     if problem:
         dest.unlink(missing_ok=True)
         # The URI goes in the message: the error redacts ``file`` again, and a redacted query
         # there would swallow whatever text followed the URI.
-        raise ChecksumError(f"{problem} (read from {redact(uri)})", file=name)
+        raise ChecksumError(f"{problem} (read from {redact(uri)})", file=name, hint=hint)
     return dest
+
+
+def _mismatch(
+    written: int,
+    expected: int | None,
+    *,
+    size: int | None,
+    md5: str,
+    sha256: str | None,
+    seen: list[str],
+) -> tuple[str | None, str | None]:
+    """Why a finished copy is refused, and what to do (None: the default hint), or (None, None).
+
+    ``seen`` holds the copy's md5, then its sha256 when ``sha256`` is given.
+    """
+    if expected is not None and written > expected:
+        said = "the manifest says" if size is not None else "it had when opened"
+        return f"it grew past {expected} bytes (the size {said}) while being read", None
+    if size is not None and written != size:
+        return f"size is {written} bytes, the manifest says {size}", None
+    if seen[0] != md5:
+        return f"md5 is {seen[0]}, the manifest says {md5}", None
+    if sha256 is not None and seen[1] != sha256:
+        return (
+            f"sha256 is {seen[1]}, the manifest says {sha256}, though its md5 "
+            f"{md5} matches; nothing was kept",
+            "check the file against its source, then correct the manifest's sha256 (or empty "
+            "it) or replace the file, and run again",
+        )
+    return None, None
 
 
 def known_size(source: BinaryIO) -> int | None:
@@ -255,6 +284,7 @@ def stage(
     size: int | None,
     name: str,
     roots: Mapping[str, Sequence[Path]] | None = None,
+    sha256: str | None = None,
 ) -> tuple[Path, str]:
     """Stage the first replica that reads and verifies; return the staged path and its URI.
 
@@ -266,6 +296,7 @@ def stage(
         name: the source's name, for messages.
         roots: for local URIs, the folders each may be read from (symlinks resolved); a local
             URI missing from the mapping is refused. None: no confinement.
+        sha256: the expected lower-case hex sha256, when one is declared: verified too.
 
     Raises:
         ChecksumError: when every replica read but none verified.
@@ -275,7 +306,9 @@ def stage(
     for uri in uris:
         try:
             allowed = None if roots is None else roots.get(uri, ())
-            copied = copy_verified(uri, dest, md5=md5, size=size, name=name, roots=allowed)
+            copied = copy_verified(
+                uri, dest, md5=md5, size=size, name=name, roots=allowed, sha256=sha256
+            )
             return copied, uri
         except (SourceError, ChecksumError) as exc:
             failures.append(exc)
