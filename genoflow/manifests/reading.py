@@ -208,8 +208,10 @@ def read_manifests(
     """Read manifests and validate their rows together.
 
     A row is dropped (and reported) when a required field (name, uri, md5) is missing, the md5
-    is malformed, the format is unknown, the name is not a safe file name, the size is not a
-    whole number of bytes, or the uri is unsupported. Across all the manifests, a name given
+    (or a ``sha256`` given) is malformed, the format is unknown, the name is not a safe file
+    name, the size is not a whole number of bytes, the uri is unsupported, or its ``drs://`` id
+    does not resolve (every distinct id of a manifest is asked for once, several at a time:
+    ``GENOFLOW_DRS_CONCURRENCY``). Across all the manifests, a name given
     two different md5s drops *every* row with that name (which one is right cannot be told);
     rows whose md5 was already seen with another format are dropped, the first one kept.
 
