@@ -290,3 +290,35 @@ def test_a_status_written_by_another_process_is_read_at_once_on_a_fresh_home(
     subprocess.run([sys.executable, "-c", child], check=True, timeout=120)
     for _ in range(4):  # both pooled connections, twice
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+
+
+def test_the_migration_head_is_found_once_a_process_and_each_databases_revision_every_time(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening an instance asks for the migration head five times; the installed scripts are
+    loaded for the first answer of the process only, while each database's own revision is read every time
+    (an out-of-date database is still told apart)."""
+    from alembic.script import ScriptDirectory
+    from dagster._core.storage.runs.sqlite import sqlite_run_storage
+    from dagster._core.storage.sql import get_alembic_config
+
+    from genoflow.instance import storage as genoflow_storage
+
+    loads = []
+    real = ScriptDirectory.from_config
+    monkeypatch.setattr(genoflow_storage, "_ALEMBIC_HEADS", {})
+    monkeypatch.setattr(
+        ScriptDirectory, "from_config", staticmethod(lambda c: loads.append(c) or real(c))
+    )
+    DagsterInstance.get().get_runs(limit=1)  # creates the databases (stamping loads scripts)
+    loads.clear()
+    instance = DagsterInstance.from_config(str(home))  # opens them again: five head checks
+    instance.get_runs(limit=1)
+    assert loads == []
+    config = get_alembic_config(sqlite_run_storage.__file__)
+    head = real(config).as_revision_number("head")
+    with instance.run_storage.connect() as conn:
+        assert sqlite_run_storage.check_alembic_revision(config, conn) == (head, head)
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'older'")
+        assert sqlite_run_storage.check_alembic_revision(config, conn) == ("older", head)
+        conn.rollback()

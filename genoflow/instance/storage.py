@@ -43,9 +43,13 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from dagster import StringSource
 from dagster._core.execution.compute_logs import redirect_to_file
+from dagster._core.storage import sql as dagster_sql
 from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
+from dagster._core.storage.event_log.sqlite import sqlite_event_log as sqlite_event_module
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
@@ -55,7 +59,9 @@ from dagster._core.storage.local_compute_log_manager import (
     IO_TYPE_EXTENSION,
     LocalComputeLogManager,
 )
+from dagster._core.storage.runs.sqlite import sqlite_run_storage as sqlite_run_module
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite import sqlite_schedule_storage as sqlite_schedule_module
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
 from dagster._core.storage.sqlite import create_db_conn_string
 from dagster._serdes import ConfigurableClassData
@@ -77,6 +83,29 @@ _CONCURRENT_CREATION = re.compile(
     r"table \w+ already exists|database is locked|UNIQUE constraint failed: alembic_version"
 )
 _T = TypeVar("_T")
+
+
+def _check_alembic_revision(alembic_config: Any, conn: Connection) -> tuple[Any, Any]:
+    """Dagster's ``check_alembic_revision``, with the head revision found once per process.
+
+    Dagster asks for it five times when an instance opens (runs, index and schedules share one
+    migration folder), each time loading every migration script of the installed Dagster
+    (~400 modules), about a third of a second in all. The installed scripts do not change while
+    a process runs, so the head is remembered per script folder; the database's own revision is
+    still read every time.
+    """
+    with dagster_sql._alembic_lock:
+        db_revision = MigrationContext.configure(conn).get_current_revision()
+        location = alembic_config.get_main_option("script_location")
+        if location not in _ALEMBIC_HEADS:
+            script = ScriptDirectory.from_config(alembic_config)
+            _ALEMBIC_HEADS[location] = script.as_revision_number("head")
+    return db_revision, _ALEMBIC_HEADS[location]
+
+
+_ALEMBIC_HEADS: dict[str, Any] = {}
+for _module in (sqlite_run_module, sqlite_event_module, sqlite_schedule_module):
+    _module.check_alembic_revision = _check_alembic_revision  # type: ignore[attr-defined]
 
 
 # Set while this thread creates a database that did not exist (see :func:`creating`).
