@@ -296,8 +296,8 @@ def test_the_migration_head_is_found_once_a_process_and_each_databases_revision_
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Opening an instance asks for the migration head five times; the installed scripts are
-    loaded for the first answer of the process only, while each database's own revision is read every time
-    (an out-of-date database is still told apart)."""
+    loaded for the first answer of the process only, while each database's own revision is
+    read every time (an out-of-date database is still told apart)."""
     from alembic.script import ScriptDirectory
     from dagster._core.storage.runs.sqlite import sqlite_run_storage
     from dagster._core.storage.sql import get_alembic_config
