@@ -85,11 +85,12 @@ def test_genoflows_instance_uses_its_storages(home: Path) -> None:
     assert (home / "history" / "runs" / "index.db").is_file()
 
 
-def test_a_runs_output_is_captured_for_the_ui_without_echo_processes(
-    home: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_runs_output_is_captured_for_the_ui_and_echoed_without_echo_processes(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """stdout and stderr of a run land in the compute-log files the UI reads, with no ``tail``
-    or watcher process started to echo them (four a run with Dagster's own manager)."""
+    """stdout and stderr of a run land in the compute-log files the UI reads and still reach
+    the process's own streams, with no ``tail`` or watcher process started to echo them (four
+    a run with Dagster's own manager)."""
     # The process's own streams, as a run has them (pytest puts objects without a descriptor).
     monkeypatch.setattr(sys, "stdout", sys.__stdout__)
     monkeypatch.setattr(sys, "stderr", sys.__stderr__)
@@ -104,6 +105,9 @@ def test_a_runs_output_is_captured_for_the_ui_without_echo_processes(
     if Path("/proc/self/task").exists():
         assert b"echo processes: 0" in err, err
     assert list(logs.glob("*.complete"))  # the UI stops waiting for more
+    echoed = capfd.readouterr()  # what reached the descriptors 1 and 2 themselves
+    assert "to stdout from the step" in echoed.out
+    assert "to stderr from the step" in echoed.err
 
 
 def test_runs_read_back_with_dagsters_own_storages_and_the_other_way(home: Path) -> None:

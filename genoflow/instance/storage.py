@@ -108,6 +108,63 @@ for _module in (sqlite_run_module, sqlite_event_module, sqlite_schedule_module):
     _module.check_alembic_revision = _check_alembic_revision  # type: ignore[attr-defined]
 
 
+# Seconds between two copies of a run's captured output to the process's own streams.
+ECHO_SECONDS = 0.5
+
+
+@contextmanager
+def _echoed(stream: Any, path: str) -> Iterator[None]:
+    """Point ``stream``'s descriptor at ``path`` while an :class:`_Echo` copies what lands there
+    to where the descriptor pointed before (a stream without a descriptor is left alone, as
+    Dagster's ``redirect_to_file`` leaves it)."""
+    try:
+        original = os.dup(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no descriptor (a test's captured stream)
+        with redirect_to_file(stream, path):
+            yield
+        return
+    start = os.path.getsize(path) if os.path.exists(path) else 0
+    echo = _Echo(path, original, start)
+    try:
+        echo.start()
+        with redirect_to_file(stream, path):
+            yield
+    finally:
+        echo.finish()  # after the descriptor points back: the file holds everything written
+        os.close(original)
+
+
+class _Echo(threading.Thread):
+    """Copies a growing file's new bytes to a descriptor until :meth:`finish`."""
+
+    def __init__(self, path: str, target: int, start: int) -> None:
+        super().__init__(name="genoflow-echo", daemon=True)
+        self.path, self.target, self.offset = path, target, start
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(ECHO_SECONDS):
+            self._copy()
+        self._copy()
+
+    def finish(self) -> None:
+        self.stopped.set()
+        if self.is_alive():
+            self.join()
+
+    def _copy(self) -> None:
+        try:
+            with open(self.path, "rb") as source:
+                source.seek(self.offset)
+                while chunk := source.read(1 << 16):
+                    self.offset += len(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(self.target, view) :]
+        except OSError:  # the stream was closed (a broken pipe): stop echoing, keep the file
+            self.stopped.set()
+
+
 # Set while this thread creates a database that did not exist (see :func:`creating`).
 _CREATING = threading.local()
 
@@ -354,15 +411,18 @@ class ScheduleStorage(_InFolder, SqliteScheduleStorage):
 
 
 class ComputeLogManager(LocalComputeLogManager):
-    """Dagster's local compute logs (a run's stdout and stderr, shown by the UI), captured
-    without echoing them live.
+    """Dagster's local compute logs (a run's stdout and stderr, shown by the UI), echoed to the
+    process's own streams by a thread instead of by four processes a run.
 
-    Dagster's own manager mirrors each stream: it points the file descriptor at the log file
-    and starts ``tail -F`` on it, plus a Python watcher process per ``tail``, to echo the file
-    back to the original stream. That is four processes for every run, most of the per-run
-    cost of a small file. Here the descriptors are pointed at the same files and nothing is
-    echoed: the UI (and ``dagster`` tooling reading the files) sees exactly what it saw before;
-    the terminal of a ``genoflow run`` shows genoflow's own report, which names every error.
+    Dagster's own manager points each stream's file descriptor at its log file and starts
+    ``tail -F`` on the file, plus a Python watcher process per ``tail``, to echo it back to the
+    original stream: four processes for every run, most of the per-run cost of a small file.
+    Here the descriptors are pointed at the same files, and a thread copies what lands in each
+    file to the stream's original destination every :data:`ECHO_SECONDS` and once more when the
+    run ends. The UI sees exactly the files it saw before, and a terminal still sees the run's
+    output (gcsfs retries, htslib warnings) as it comes. Writers never wait for the echo: they
+    write to a file, not a pipe, so a thread that is slow to get the interpreter lock never
+    blocks a tool or a C extension writing to the stream.
     """
 
     @contextmanager
@@ -371,7 +431,7 @@ class ComputeLogManager(LocalComputeLogManager):
         errpath = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDERR])
         for path in (outpath, errpath):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        with redirect_to_file(sys.stdout, outpath), redirect_to_file(sys.stderr, errpath):
+        with _echoed(sys.stdout, outpath), _echoed(sys.stderr, errpath):
             yield CapturedLogContext(log_key)
         # Dagster's marker that the capture is complete (the UI stops polling).
         with open(self.complete_artifact_path(log_key), "a"):
