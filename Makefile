@@ -125,4 +125,4 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .genoflow $(WEB)/node_modules $(CLIENTS)/node_modules
+	rm -rf $(VENV) .venv-drs .genoflow $(WEB)/node_modules $(CLIENTS)/node_modules

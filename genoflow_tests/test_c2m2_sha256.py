@@ -87,6 +87,14 @@ def test_a_c2m2_row_whose_sha256_matches_builds_and_keeps_it_in_the_marker(sha_r
     (marker,) = home.rglob(f"{_md5(BED_GOOD)}/source/*/genoflow.json")
     details = json.loads(marker.read_text())["details"]
     assert details["sha256"] == _sha256(BED_GOOD)
+    # ... and in the lineage the Dagster UI shows for the source asset
+    from genoflow.build.steps import key_for
+    from genoflow.defs.io_manager import artifact_metadata
+    from genoflow.storage.cache import Cache
+
+    artifact = Cache(home / "cache").lookup(key_for("intervals", _md5(BED_GOOD), "source"))
+    assert artifact is not None
+    assert artifact_metadata(artifact)["sha256"] == _sha256(BED_GOOD)
 
 
 def test_a_c2m2_row_whose_sha256_is_wrong_fails_at_stage_naming_both_digests(sha_run) -> None:

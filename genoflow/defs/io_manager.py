@@ -73,7 +73,7 @@ def artifact_metadata(artifact: Artifact) -> dict[str, Any]:
         "tools": MetadataValue.json(dict(marker.tools)),
         "created_at": marker.created_at,
     }
-    for field in ("records_in", "records_out", "index", "preset", "container"):
+    for field in ("records_in", "records_out", "index", "preset", "container", "sha256"):
         if field in details:
             metadata[field] = details[field]
     if "manifest_rows" in details:
