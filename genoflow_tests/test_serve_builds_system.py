@@ -185,7 +185,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     files = [
         _bam(sources / "late.bam", 1),
         _bed(sources / "term.bed", 2),
-        _bed(sources / "kill.bed", 3),
+        # Large enough that its build is still sorting when the test kills the server (a
+        # few MB finish between two polls of the job on a fast machine).
+        _bed(sources / "kill.bed", 3, lines=1_000_000),
         _bed(sources / "workers.bed", 4),
     ]
     manifest = folder / "registered.tsv"
