@@ -25,19 +25,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
+
+from serving import serving  # scripts/serving.py
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "data" / "manifests" / "demo.tsv"
@@ -80,49 +75,6 @@ def config(ids: list[tuple[str, bool]], token: str | None) -> dict:
         "drs_object_info": [{"drs_id": i, **auth, "is_bundle": bundle} for i, bundle in ids],
         "drs_object_access": [{"drs_id": i, **auth} for i, bundle in ids if not bundle],
     }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(home: Path, log: Path, env: dict[str, str]) -> Iterator[str]:
-    """``genoflow serve`` on a free loopback port; yields its base URL; stopped by SIGINT."""
-    port = free_port()
-    full = {**os.environ, "GENOFLOW_HOME": str(home), **env}
-    full.pop("DAGSTER_HOME", None)
-    command = [sys.executable, "-m", "genoflow.cli", "serve", "--port", str(port)]
-    with log.open("w") as stderr:
-        server = subprocess.Popen(command, env=full, stdout=stderr, stderr=stderr)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(base + DRS + "/service-info", server, log)
-            yield base
-        finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-
-
-def wait_ready(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"genoflow serve exited:\n{log.read_text()}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # it answers (401 with tokens on)
-        except OSError:
-            time.sleep(0.2)
-    sys.exit(f"genoflow serve did not answer within 60 s:\n{log.read_text()}")
 
 
 def run_suite(suite_python: str, base: str, cfg: Path, report: Path, out: Path) -> None:

@@ -24,19 +24,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
+
+from serving import free_port, serving  # scripts/serving.py
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "data" / "manifests" / "demo.tsv"
@@ -53,51 +48,6 @@ def genoflow(home: Path, *args: str, env: dict[str, str] | None = None, drop=())
         full.pop(name, None)
     command = [sys.executable, "-m", "genoflow.cli", *args]
     return subprocess.run(command, env=full, timeout=3600).returncode
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(home: Path, port: int, log: Path) -> Iterator[str]:
-    """``genoflow serve`` on ``home`` at 127.0.0.1:``port``; yields its base URL; always stopped
-    (SIGINT, then SIGKILL after 30 s), also when this script is interrupted or terminated."""
-    env = {**os.environ, "GENOFLOW_HOME": str(home)}
-    env.pop("DAGSTER_HOME", None)
-    command = [sys.executable, "-m", "genoflow.cli", "serve", "--port", str(port)]
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with log.open("w") as output:
-        server = subprocess.Popen(command, env=env, stdout=output, stderr=output)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_ready(base, server, log)
-            yield base
-        finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-            signal.signal(signal.SIGTERM, previous)
-
-
-def wait_ready(base: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"genoflow serve exited:\n{log.read_text()}")
-        try:
-            urllib.request.urlopen(base + "/ga4gh/drs/v1/service-info", timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            time.sleep(0.2)
-    sys.exit(f"genoflow serve did not answer within 60 s:\n{log.read_text()}")
 
 
 def drs_table(source: Path, target: Path, authority: str) -> list[str]:
@@ -156,7 +106,7 @@ def main() -> int:
         return 1
     shutil.rmtree(home_b, ignore_errors=True)
     port = args.port or free_port()
-    with serving(home_a, port, OUT / "serve-a.log") as base:
+    with serving(home_a, OUT / "serve-a.log", port=port) as base:
         authority = base.removeprefix("http://")
         table = OUT / "file.tsv"
         md5s = drs_table(args.table, table, authority)
